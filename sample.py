@@ -1,0 +1,24 @@
+"""Sample a trained run or an exact field.
+
+``python sample.py run=<run dir> [solver=...] [n=...]``; see README.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from unified_ode.app.sample import register_resolvers, run_sampling
+from unified_ode.errors import friendly_errors
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    with friendly_errors("sample.py"):
+        run_sampling(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Train a generative ODE. ``python train.py [group=option ...] [key=value ...]``; see README."""
+
+import hydra
+from omegaconf import DictConfig
+
+from unified_ode.app.train import run_training
+from unified_ode.errors import friendly_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with friendly_errors("train.py"):
+        summary = run_training(cfg)
+    return summary["metrics"].get("sample/sw")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Command-line applications: composing configs into objects, training and sampling."""

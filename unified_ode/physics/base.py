@@ -1,0 +1,304 @@
+"""The force-field interface: one class per physical model (THEORY.md §2–5).
+
+A field is a Green's field ``G(x, t; y)`` on the half-space ``t > 0`` of ``R^(d+1)``. What a
+generative model needs of it is
+
+* the **perturbation kernel** ``p_t(x | y) = G_t``: a sampler and a log-density;
+* the **conditional velocity** ``v(x, t | y) = G_x / G_t``;
+* the **prior** ``pi`` that the kernel forgets the source into at ``t = t_max``: sampler and
+  log-density;
+* the **drift** ``dx/dt = f(x, t)`` of the generative ODE, computed from what the network
+  predicts (a denoiser ``D(x, t) ≈ E[y | x, t]`` or a velocity ``≈ E[v | x, t]``);
+* the **time range** ``[t_min, t_max]``, a default time grid and the training-time law.
+
+Conventions: data and states are tensors ``(B, *shape)``; ``t`` is a tensor ``(B,)`` (or a
+scalar tensor, which broadcasts); generation integrates from ``t_max`` *down* to ``t_min``.
+All log-densities are in nats, over all ``prod(shape)`` dimensions.
+
+Only torch is imported: fields are a small library usable without Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from unified_ode.physics.noise import NoiseLaw, event_dim
+from unified_ode.timegrid import make_grid
+
+PREDICTIONS = ("denoiser", "velocity")
+
+
+def bcast(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a time tensor ``(B,)`` or ``()`` to broadcast against ``x`` ``(B, *shape)``."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        return t
+    return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
+
+
+class Field:
+    """Abstract force field. Subclasses implement the kernel, velocity, prior and drift.
+
+    Parameters
+    ----------
+    t_min, t_max:
+        Time range of generation: the ODE is integrated from ``t_max`` (prior) to ``t_min``
+        (and, with a final denoising step, to 0).
+    objective:
+        Training objective name; must be one of ``supported_objectives``. The objective fixes
+        what the network predicts (``prediction``: ``"denoiser"`` or ``"velocity"``).
+    train_p_mean, train_p_std:
+        Training noise levels are drawn as ``ln sigma ~ N(p_mean, p_std^2)`` (EDM, PFGM++) and
+        mapped to times with :meth:`t_from_sigma`.
+    """
+
+    #: Short name used in configs, logs and file names.
+    name: str = "field"
+    #: Objectives this field can be trained with; the first is the default.
+    supported_objectives: tuple[str, ...] = ("denoiser",)
+
+    def __init__(self, t_min: float, t_max: float, objective: str | None = None,
+                 train_p_mean: float = -1.2, train_p_std: float = 1.2):
+        if not 0 < t_min < t_max:
+            raise ValueError(f"{self.name}: need 0 < t_min < t_max, got t_min={t_min}, "
+                             f"t_max={t_max}")
+        self.t_min = float(t_min)
+        self.t_max = float(t_max)
+        objective = objective or self.supported_objectives[0]
+        if objective not in self.supported_objectives:
+            raise ValueError(
+                f"physics={self.name} cannot be trained with objective={objective!r}; "
+                f"choose physics.objective from {list(self.supported_objectives)}")
+        self.objective = objective
+        self.train_p_mean = float(train_p_mean)
+        self.train_p_std = float(train_p_std)
+
+    # --- what the network predicts -------------------------------------------------------
+    @property
+    def prediction(self) -> str:
+        """``"denoiser"`` or ``"velocity"``: the quantity the model outputs for this objective."""
+        return "velocity" if self.objective == "velocity" else "denoiser"
+
+    # --- kernel --------------------------------------------------------------------------
+    def sample_kernel(self, y: Tensor, t: Tensor, *, generator=None) -> Tensor:
+        """Draw ``x ~ p_t(. | y)``: ``y`` ``(B, *shape)``, ``t`` ``(B,)`` -> ``(B, *shape)``."""
+        raise NotImplementedError
+
+    def kernel_log_prob(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        """``log p_t(x | y)`` for matching rows; returns ``(B,)`` nats."""
+        raise NotImplementedError
+
+    def pairwise_kernel_log_prob(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        """``log p_t(x_i | y_j)`` for all pairs: ``x`` ``(N, *shape)``, ``y`` ``(M, *shape)``,
+        ``t`` ``(N,)``; returns ``(N, M)``. Used by the exact field; callers chunk N and M.
+
+        The default broadcasts :meth:`kernel_log_prob` over ``(N, M)`` pairs (memory
+        ``N * M * d``); isotropic fields override it with a distance computation.
+        """
+        n, m = x.shape[0], y.shape[0]
+        xe = x.unsqueeze(1).expand(n, m, *x.shape[1:]).reshape(n * m, *x.shape[1:])
+        ye = y.unsqueeze(0).expand(n, m, *y.shape[1:]).reshape(n * m, *y.shape[1:])
+        te = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(n)
+        te = te.unsqueeze(1).expand(n, m).reshape(-1)
+        return self.kernel_log_prob(xe, ye, te).view(n, m)
+
+    def conditional_velocity(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        """``v(x, t | y) = dx/dt`` along the field line through ``x`` of the source ``y``."""
+        raise NotImplementedError
+
+    # --- prior ---------------------------------------------------------------------------
+    def sample_prior(self, n: int, shape: tuple[int, ...], *, generator=None, device=None,
+                     dtype=torch.float32) -> Tensor:
+        """Draw ``n`` states at ``t = t_max``; returns ``(n, *shape)``."""
+        raise NotImplementedError
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """Log-density of the prior at ``x`` ``(B, *shape)``; returns ``(B,)`` nats."""
+        raise NotImplementedError
+
+    # --- drift ---------------------------------------------------------------------------
+    def drift(self, x: Tensor, t: Tensor, prediction: Tensor) -> Tensor:
+        """``dx/dt`` of the generative ODE at ``(x, t)`` given the model's ``prediction``
+        (of kind :attr:`prediction`); returns ``(B, *shape)``."""
+        if self.prediction == "velocity":
+            return prediction
+        return self.drift_from_denoiser(x, t, prediction)
+
+    def drift_from_denoiser(self, x: Tensor, t: Tensor, denoised: Tensor) -> Tensor:
+        raise NotImplementedError(f"{self.name} has no denoiser form; train it with "
+                                  "physics.objective=velocity")
+
+    # --- noise level and time ------------------------------------------------------------
+    def sigma(self, t: Tensor) -> Tensor:
+        """Effective noise level in data units at time ``t`` (EDM's sigma), for
+        preconditioning and loss weights."""
+        raise NotImplementedError
+
+    def denoiser_coefficients(self, x: Tensor, t: Tensor, sigma_data: float):
+        """EDM preconditioning ``(c_skip, c_out, c_in, c_noise)``, each ``(B,)``, for states
+        ``x`` ``(B, *shape)`` at times ``t`` ``(B,)``.
+
+        For Gaussian noise these are EDM's: ``c_skip = sd²/(σ²+sd²)``, ``c_out = σ sd /
+        sqrt(σ²+sd²)``, ``c_in = 1/sqrt(σ²+sd²)``, ``c_noise = ln(σ)/4``. ``c_out²`` is the
+        error of the ideal denoiser for data of variance ``sd²``, and the denoiser loss weight
+        is ``1/c_out²``. Fields with heavy-tailed noise adapt them (see :class:`AffineField`).
+        The coefficients may depend on ``x`` but never on the clean data, so the loss weight
+        ``1/c_out²`` leaves the minimiser ``E[y | x, t]`` unchanged.
+        """
+        sigma = self.sigma(t)
+        sd2 = sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1.0 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
+
+    def input_scale(self, t: Tensor) -> Tensor:
+        """Factor that maps the state ``x`` to data scale before the network: ``1 / a(t)``."""
+        return torch.ones_like(torch.as_tensor(t))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        """Inverse of :meth:`sigma`."""
+        raise NotImplementedError
+
+    def sample_training_time(self, n: int, *, generator=None, device=None) -> Tensor:
+        """Training times ``(n,)``: ``ln sigma ~ N(p_mean, p_std^2)`` mapped through
+        :meth:`t_from_sigma` and kept inside ``(0, t_max]``."""
+        z = torch.randn(n, generator=generator, device=device)
+        sigma = torch.exp(self.train_p_mean + self.train_p_std * z)
+        return self.t_from_sigma(sigma).clamp(max=self.t_max)
+
+    def default_grid(self, steps: int, *, final_step: bool = True) -> Tensor:
+        """EDM's rho=7 grid from ``t_max`` to ``t_min`` (plus a final step to 0)."""
+        return make_grid("edm", steps, self.t_min, self.t_max, rho=7.0, final_step=final_step)
+
+    def describe(self) -> dict:
+        """Facts written into run directories and logs."""
+        return {"field": self.name, "t_min": self.t_min, "t_max": self.t_max,
+                "objective": self.objective, "prediction": self.prediction}
+
+
+class AffineField(Field):
+    """A field whose kernel is ``x = a(t) y + s(t) eps`` with ``eps ~ q`` (THEORY.md §3).
+
+    Subclasses give ``a``, ``s`` and their time derivatives, and a :class:`NoiseLaw` ``q``.
+    Everything else (kernel, velocity, prior, denoiser drift, sigma) follows here, so that a
+    new affine field is a few lines.
+    """
+
+    supported_objectives = ("denoiser", "velocity")
+
+    def __init__(self, noise: NoiseLaw, **kwargs):
+        super().__init__(**kwargs)
+        self.noise = noise
+
+    # schedule ---------------------------------------------------------------------------
+    def a(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def s(self, t: Tensor) -> Tensor:
+        return t
+
+    def da(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def ds(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    # kernel -----------------------------------------------------------------------------
+    def sample_kernel(self, y, t, *, generator=None):
+        eps = self.noise.sample(tuple(y.shape), generator=generator, device=y.device,
+                                dtype=y.dtype)
+        tb = bcast(t, y)
+        return self.a(tb) * y + self.s(tb) * eps
+
+    def kernel_log_prob(self, x, y, t):
+        tb = bcast(t, x)
+        s = self.s(tb)
+        eps = (x - self.a(tb) * y) / s
+        log_s = torch.log(self.s(torch.as_tensor(t, dtype=x.dtype, device=x.device)))
+        return self.noise.log_prob(eps) - event_dim(x) * log_s.expand(x.shape[0])
+
+    def pairwise_kernel_log_prob(self, x, y, t):
+        if not self.noise.isotropic:
+            return super().pairwise_kernel_log_prob(x, y, t)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        a, s = self.a(t), self.s(t)
+        xf, yf = x.flatten(1), y.flatten(1)
+        d = xf.shape[1]
+        # ||x - a y||^2 = ||x||^2 - 2 a x.y + a^2 ||y||^2, per query row (a depends on the row).
+        if torch.all(a == a[0]):
+            sq = sq_dists(xf, a[0] * yf)
+        else:
+            sq = ((xf * xf).sum(1, keepdim=True) - 2 * a[:, None] * (xf @ yf.T)
+                  + (a[:, None] ** 2) * (yf * yf).sum(1)[None, :]).clamp_min(0)
+        return self.noise.log_prob_sqnorm(sq / s[:, None] ** 2, d) - d * torch.log(s)[:, None]
+
+    def conditional_velocity(self, x, y, t):
+        tb = bcast(t, x)
+        a, s = self.a(tb), self.s(tb)
+        return self.da(tb) * y + self.ds(tb) / s * (x - a * y)
+
+    # prior ------------------------------------------------------------------------------
+    def sample_prior(self, n, shape, *, generator=None, device=None, dtype=torch.float32):
+        eps = self.noise.sample((n, *shape), generator=generator, device=device, dtype=dtype)
+        return self.s(torch.tensor(self.t_max, dtype=torch.float64)).item() * eps
+
+    def prior_log_prob(self, x):
+        s_max = float(self.s(torch.tensor(self.t_max, dtype=torch.float64)))
+        return self.noise.log_prob(x / s_max) - event_dim(x) * math.log(s_max)
+
+    # drift ------------------------------------------------------------------------------
+    def drift_from_denoiser(self, x, t, denoised):
+        tb = bcast(t, x)
+        a, s = self.a(tb), self.s(tb)
+        return self.da(tb) * denoised + self.ds(tb) / s * (x - a * denoised)
+
+    def sigma(self, t):
+        return self.s(t) / self.a(t) * self.noise.scale
+
+    def denoiser_coefficients(self, x, t, sigma_data):
+        """EDM's coefficients, adapted to heavy-tailed noise (PFGM, PFGM++).
+
+        A Student-t kernel is a Gaussian kernel at a random level: ``eps = g / sqrt(w)``, so
+        the state carries Gaussian noise of level ``σ/sqrt(w)``. Modelling the data as
+        ``N(0, sd² I)``, the level's posterior given ``x`` is a softmax over a fixed stratified
+        sample of ``w``; the coefficients are EDM's at each level, averaged under it:
+        ``c_skip = E[sd²/v]``, ``c_out² = E[sd² σ²/(w v)]``, ``c_in = E[v]^(-1/2)``,
+        ``c_noise = ln(E[σ²/w])/8``, with ``v = sd² + σ²/w``. A far-out tail state is thus
+        preconditioned as the very noisy state it is (small ``c_skip``, small loss weight)
+        instead of as a nearly clean one. For Gaussian noise (``w = 1``) this is exactly EDM.
+        """
+        w = self.noise.mixture_precisions()
+        if w is None:
+            return super().denoiser_coefficients(x, t, sigma_data)
+        sigma = self.sigma(t)
+        xs = x * bcast(self.input_scale(t), x)
+        d = event_dim(x)
+        sd2 = sigma_data**2
+        level2 = sigma.double()[:, None] ** 2 / w.to(sigma.device)[None, :]  # (B, K)
+        var = sd2 + level2
+        sq = xs.double().flatten(1).pow(2).sum(1, keepdim=True)
+        post = torch.softmax(-0.5 * d * var.log() - 0.5 * sq / var, dim=1)
+        c_skip = (post * sd2 / var).sum(1)
+        c_out = (post * sd2 * level2 / var).sum(1).sqrt()
+        c_in = (post * var).sum(1).rsqrt()
+        c_noise = (post * level2).sum(1).log() / 8
+        return tuple(c.to(sigma.dtype) for c in (c_skip, c_out, c_in, c_noise))
+
+    def input_scale(self, t):
+        return 1.0 / self.a(t)
+
+    def describe(self):
+        return {**super().describe(), "noise": self.noise.describe()}
+
+
+def sq_dists(x: Tensor, y: Tensor) -> Tensor:
+    """Squared Euclidean distances ``(N, M)`` between rows of ``x`` ``(N, d)`` and ``y``
+    ``(M, d)``. Direct differences for small ``d`` (accurate at tiny distances, where the
+    posterior is sharpest), the matrix-product form for large ``d``."""
+    if x.shape[1] <= 64:
+        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    return ((x * x).sum(1, keepdim=True) - 2 * x @ y.T + (y * y).sum(1)[None, :]).clamp_min(0)
