@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unified_ode.app.sample import register_resolvers, run_sampling
+from unified_ode.app.sample import register_resolvers, run_task
 from unified_ode.errors import friendly_errors
 
 register_resolvers()
@@ -17,7 +17,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     with friendly_errors("sample.py"):
-        run_sampling(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+        run_task(cfg, list(hc.overrides.task), hc.runtime.output_dir)
 
 
 if __name__ == "__main__":

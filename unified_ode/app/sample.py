@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def sample_dir(out_dir, run) -> str:
     if out_dir:
         return str(out_dir)
     stamp = datetime.now()
-    if run:
+    if run and Path(str(run)).is_dir():  # a mistyped run dir is reported, never created
         return str(Path(str(run)) / "samples" / stamp.strftime("%Y-%m-%d_%H-%M-%S"))
     return str(Path("samples") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S"))
 
@@ -63,14 +65,26 @@ def model_config(cfg: DictConfig, user_overrides: list[str]) -> DictConfig:
     return merged
 
 
-def run_sampling(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path) -> dict:
-    out_dir = Path(out_dir)
-    if (out_dir / SAMPLES_FILE).exists():
-        raise UserError(f"{out_dir / SAMPLES_FILE} already exists; refusing to overwrite it. "
-                        "Pass out_dir=<a new directory>.")
-    if int(cfg.n) < 1 or int(cfg.batch_size) < 1:
-        raise UserError(f"n and batch_size must be positive, got n={cfg.n}, "
-                        f"batch_size={cfg.batch_size}")
+#: ``task=<name>`` of sample.py -> ``"module:function"`` taking ``(cfg, loaded, out_dir)``.
+TASKS = {
+    "sample": "unified_ode.app.sample:sample_task",
+    "likelihood": "unified_ode.app.likelihood:likelihood_task",
+    "evaluate": "unified_ode.app.evaluate:evaluate_task",
+}
+
+
+@dataclass
+class Loaded:
+    """A model ready to use: the module (weights loaded), its data module and config."""
+
+    module: object
+    datamodule: object
+    config: DictConfig
+    checkpoint: Path | None
+
+
+def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
+    """Build the module for ``cfg`` (a run, a checkpoint, or the exact field) and load weights."""
     mcfg = model_config(cfg, user_overrides)
     module, datamodule = build_module(mcfg)
     ckpt = None
@@ -83,6 +97,31 @@ def run_sampling(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path
             raise UserError("nothing to sample from: pass run=<training run dir>, "
                             "ckpt_path=<file.ckpt>, or network=exact for the exact field.")
         load_weights(module, ckpt, f"network={mcfg.network.get('_target_')}")
+    module.eval()
+    return Loaded(module, datamodule, mcfg, ckpt)
+
+
+def run_task(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path) -> dict:
+    """Entry point of sample.py: load the model, then run ``cfg.task``."""
+    task = str(cfg.get("task", "sample"))
+    if task not in TASKS:
+        raise UserError(f"unknown task={task!r}; choose one of {', '.join(TASKS)}")
+    out_dir = Path(out_dir)
+    if (out_dir / SAMPLES_FILE).exists():
+        raise UserError(f"{out_dir / SAMPLES_FILE} already exists; refusing to overwrite it. "
+                        "Pass out_dir=<a new directory>.")
+    loaded = load_model(cfg, user_overrides)
+    module_name, func = TASKS[task].split(":")
+    return getattr(importlib.import_module(module_name), func)(cfg, loaded, out_dir)
+
+
+def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
+    """``task=sample``: ``n`` samples in batches, ``samples.npz`` + info + figure."""
+    if int(cfg.n) < 1 or int(cfg.batch_size) < 1:
+        raise UserError(f"n and batch_size must be positive, got n={cfg.n}, "
+                        f"batch_size={cfg.batch_size}")
+    module, datamodule, mcfg, ckpt = (loaded.module, loaded.datamodule, loaded.config,
+                                      loaded.checkpoint)
     solver = instantiate(mcfg.solver)
     out_dir.mkdir(parents=True, exist_ok=True)
 
