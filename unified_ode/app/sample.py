@@ -57,7 +57,12 @@ def model_config(cfg: DictConfig, user_overrides: list[str]) -> DictConfig:
         return cfg
     saved, train_overrides = load_run_config(cfg.run)
     touched = [o for o in user_overrides if _override_root(o) in MODEL_GROUPS]
-    merged = OmegaConf.create({g: saved[g] for g in MODEL_GROUPS if g in saved})
+    missing = [g for g in MODEL_GROUPS if g not in saved]
+    if missing:
+        raise UserError(f"the config of run {cfg.run!r} has no {', '.join(missing)} section: "
+                        "it was not written by unified_ode's train.py. Pass a run directory "
+                        "that train.py created.")
+    merged = OmegaConf.create({g: saved[g] for g in MODEL_GROUPS})
     if touched:
         recomposed = compose(config_name="train", overrides=train_overrides + touched)
         for group in {_override_root(o) for o in touched}:
@@ -86,7 +91,6 @@ class Loaded:
 def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
     """Build the module for ``cfg`` (a run, a checkpoint, or the exact field) and load weights."""
     mcfg = model_config(cfg, user_overrides)
-    module, datamodule = build_module(mcfg)
     ckpt = None
     if not is_exact(mcfg):
         if cfg.ckpt_path:
@@ -96,6 +100,8 @@ def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
         else:
             raise UserError("nothing to sample from: pass run=<training run dir>, "
                             "ckpt_path=<file.ckpt>, or network=exact for the exact field.")
+    module, datamodule = build_module(mcfg)
+    if ckpt is not None:
         load_weights(module, ckpt, f"network={mcfg.network.get('_target_')}")
     module.eval()
     return Loaded(module, datamodule, mcfg, ckpt)
