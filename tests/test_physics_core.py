@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unified_ode.physics import ExactPosterior, PoissonField, VEField
-from unified_ode.physics.checks import kernel_radius_ks, radius_cdf
+from unified_ode.physics.checks import interp, kernel_radius_ks, radius_cdf
 from unified_ode.solvers import Euler, Heun
 
 FIELDS = {"poisson": PoissonField, "ve": VEField}
@@ -58,7 +58,7 @@ def test_poisson_radius_is_beta_prime():
     d, t = 5, 2.0
     r, cdf = radius_cdf(PoissonField(), t, d)
     probe = torch.tensor([0.5, 1.0, 3.0, 10.0, 100.0], dtype=torch.float64)
-    ours = torch.from_numpy(__import__("numpy").interp(probe, r, cdf))
+    ours = interp(probe, r, cdf)
     b = (probe / t) ** 2 / (1 + (probe / t) ** 2)
     ref = torch.from_numpy(stats.beta(d / 2, 0.5).cdf(b.numpy()))
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,12 +51,16 @@ def kernel_radius_ks(field, t: float, d: int, n: int = 4000, seed: int = 0) -> d
     x = field.sample_kernel(y, torch.full((n,), float(t), dtype=torch.float64), generator=g)
     radii = torch.sort(x.norm(dim=1)).values
     r, cdf = radius_cdf(field, t, d)
-    model_cdf = torch.from_numpy(_interp(radii.numpy(), r.numpy(), cdf.numpy()))
+    model_cdf = interp(radii, r, cdf)
     emp_hi = torch.arange(1, n + 1, dtype=torch.float64) / n
     emp_lo = torch.arange(0, n, dtype=torch.float64) / n
     ks = torch.maximum((emp_hi - model_cdf).abs(), (model_cdf - emp_lo).abs()).max()
     return {"ks": float(ks), "flux": float(cdf[-1]), "n": n}
 
 
-def _interp(x, xp, fp):
-    return np.interp(x, xp, fp)
+def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of ``fp`` at ``x`` (``xp`` increasing; clamped at ends)."""
+    i = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    w = ((x - x0) / (x1 - x0)).clamp(0, 1)
+    return f0 + w * (f1 - f0)
