@@ -148,12 +148,13 @@ class Field:
         The coefficients may depend on ``x`` but never on the clean data, so the loss weight
         ``1/c_out²`` leaves the minimiser ``E[y | x, t]`` unchanged.
         """
-        sigma = self.sigma(t)
-        sd2 = sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1.0 / (sigma**2 + sd2).sqrt()
-        return c_skip, c_out, c_in, sigma.log() / 4
+        return edm_coefficients(self.sigma(t), sigma_data)
+
+    def velocity_scale(self, x: Tensor, t: Tensor, sigma_data: float) -> Tensor:
+        """Typical size per coordinate of the velocity target at ``(x, t)``: the velocity
+        form of the preconditioning outputs ``velocity_scale · F`` so that the raw network
+        ``F`` is O(1). ``x`` ``(B, *shape)``, ``t`` ``(B,)``; returns ``(B,)``. Default 1."""
+        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
 
     def input_scale(self, t: Tensor) -> Tensor:
         """Factor that maps the state ``x`` to data scale before the network: ``1 / a(t)``."""
@@ -273,7 +274,7 @@ class AffineField(Field):
         """
         w = self.noise.mixture_precisions()
         if w is None:
-            return super().denoiser_coefficients(x, t, sigma_data)
+            return edm_coefficients(self.noise_level(x, t), sigma_data)
         sigma = self.sigma(t)
         xs = x * bcast(self.input_scale(t), x)
         d = event_dim(x)
@@ -288,11 +289,35 @@ class AffineField(Field):
         c_noise = (post * level2).sum(1).log() / 8
         return tuple(c.to(sigma.dtype) for c in (c_skip, c_out, c_in, c_noise))
 
+    def noise_level(self, x: Tensor, t: Tensor) -> Tensor:
+        """Per-coordinate noise level in data units, ``s/a · q.coordinate_scale(d)``, at times
+        ``t`` ``(B,)`` for states ``x`` ``(B, *shape)``; equals :meth:`sigma` unless the noise
+        law's spread per coordinate depends on ``d`` (radial profiles). Returns ``(B,)``."""
+        return self.s(t) / self.a(t) * self.noise.coordinate_scale(event_dim(x))
+
+    def velocity_scale(self, x, t, sigma_data):
+        """RMS per coordinate of ``v = a' y + s' eps`` for data of scale ``sigma_data``:
+        ``sqrt((a' sd)² + (s' q)²)``, ``q`` the noise law's per-coordinate scale. 1 for
+        ``a = 1, s = t`` with unit-scale noise (VE, PFGM, PFGM++)."""
+        q = self.noise.coordinate_scale(event_dim(x))
+        return ((self.da(t) * sigma_data) ** 2 + (self.ds(t) * q) ** 2).sqrt()
+
     def input_scale(self, t):
         return 1.0 / self.a(t)
 
     def describe(self):
         return {**super().describe(), "noise": self.noise.describe()}
+
+
+def edm_coefficients(sigma: Tensor, sigma_data: float):
+    """EDM's preconditioning ``(c_skip, c_out, c_in, c_noise)`` at noise levels ``sigma``
+    ``(B,)`` for data of scale ``sigma_data``: ``sd²/(σ²+sd²)``, ``σ sd/sqrt(σ²+sd²)``,
+    ``1/sqrt(σ²+sd²)``, ``ln(σ)/4``."""
+    sd2 = sigma_data**2
+    c_skip = sd2 / (sigma**2 + sd2)
+    c_out = sigma * sigma_data / (sigma**2 + sd2).sqrt()
+    c_in = 1.0 / (sigma**2 + sd2).sqrt()
+    return c_skip, c_out, c_in, sigma.log() / 4
 
 
 def sq_dists(x: Tensor, y: Tensor) -> Tensor:

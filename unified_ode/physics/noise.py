@@ -95,6 +95,12 @@ class NoiseLaw:
         law is not such a mixture, or is Gaussian, ``w = 1``)."""
         return None
 
+    def coordinate_scale(self, dim: int) -> float:
+        """Per-coordinate scale of ``eps`` in ``R^dim``, for preconditioning: :attr:`scale`
+        unless the law's spread per coordinate depends on the dimension (radial profiles, whose
+        radius is O(1) rather than O(sqrt(dim)))."""
+        return self.scale
+
     def sample_radius(self, n: int, dim: int, *, generator=None, device=None,
                       dtype=torch.float32) -> Tensor:
         """``n`` draws of ``||eps||`` in ``R^dim`` (isotropic laws)."""
@@ -166,3 +172,213 @@ class StudentTNoise(NoiseLaw):
 
     def describe(self):
         return "multivariate Cauchy" if self.dof == 1 else f"Student-t(dof={self.dof:g})"
+
+
+def log_sphere_area(dim: int) -> float:
+    """``log S_{dim−1}``, the log surface area of the unit sphere in ``R^dim``."""
+    return math.log(2.0) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
+
+
+def invert_increasing(fn, target: Tensor, *, iters: int = 200) -> Tensor:
+    """Solve ``fn(s) = target`` for ``s >= 0`` elementwise by bisection, for an increasing
+    ``fn`` with ``fn(0) <= target < sup fn``.
+
+    ``target`` is any float tensor; ``fn`` maps a tensor of the same shape to one of the same
+    shape. The bracket ``[0, hi]`` is found by doubling ``hi`` from 1; then ``iters`` halvings
+    (200 in float64 reach the last bit for any bracket). Returns a tensor like ``target``.
+    """
+    target = target.detach()
+    lo = torch.zeros_like(target)
+    hi = torch.ones_like(target)
+    for _ in range(1100):  # 2^1100 overflows float64: stop well before
+        low = fn(hi) < target
+        if not bool(low.any()):
+            break
+        hi = torch.where(low, hi * 2.0, hi)
+        lo = torch.where(low, hi / 2.0, lo)
+    else:
+        raise ValueError("invert_increasing: no bracket found (is the function a CDF that "
+                         "tends to 1?)")
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = fn(mid) < target
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class UniformCubeNoise(NoiseLaw):
+    """``eps`` uniform on the cube ``[−h, h]^d`` (not isotropic; bounded support).
+
+    The default half-width ``h = sqrt(3)`` gives unit variance per coordinate, like N(0, I),
+    so the same preconditioning fits both priors of rectified flow. ``log_prob`` is
+    ``−d·log(2h)`` inside the cube and ``−inf`` outside.
+    """
+
+    isotropic = False
+
+    def __init__(self, half_width: float = math.sqrt(3.0)):
+        if not half_width > 0:
+            raise ValueError(f"uniform cube half-width must be positive, got {half_width}")
+        self.half_width = float(half_width)
+        self.scale = self.half_width / math.sqrt(3.0)  # per-coordinate standard deviation
+
+    def sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        return (2.0 * u - 1.0) * self.half_width
+
+    def log_prob(self, eps):
+        flat = eps.flatten(1)
+        inside = (flat.abs() <= self.half_width).all(dim=1)
+        value = -flat.shape[1] * math.log(2.0 * self.half_width)
+        return torch.where(inside, torch.full_like(flat[:, 0], value),
+                           torch.full_like(flat[:, 0], -math.inf))
+
+    def log_prob_floored(self, eps: Tensor, floor: float = 1e4) -> Tensor:
+        """:meth:`log_prob` with the ``−inf`` outside the cube replaced by
+        ``−d·log(2h) − floor·(1 + e/h)``, ``e`` the L∞ distance of ``eps`` from the cube.
+
+        ``exp`` of it is exactly 0 in float32 and float64 (``floor`` ≫ 745 nats below the
+        density inside), so any posterior with mass inside some cube is unchanged, while a point
+        that lies outside every cube (where the density is 0 and the posterior undefined: a
+        solver step can land there) gets the posterior of the nearest cube instead of NaN.
+        """
+        flat = eps.flatten(1)
+        excess = (flat.abs().amax(dim=1) - self.half_width).clamp_min(0)
+        value = -flat.shape[1] * math.log(2.0 * self.half_width)
+        return value - floor * torch.where(excess > 0, 1.0 + excess / self.half_width,
+                                           torch.zeros_like(excess))
+
+    def describe(self):
+        return f"Uniform[-{self.half_width:g}, {self.half_width:g}]^d"
+
+
+class RadialProfile:
+    """A law of the radius ``R >= 0`` given by its CDF ``F`` (the profile ψ of THEORY.md §4).
+
+    Parameters
+    ----------
+    cdf:
+        ``F(s)``: increasing torch function with ``F(0) = 0`` and ``F(s) -> 1``; elementwise on
+        float64 tensors, differentiable by autograd when ``log_density`` is not given.
+    log_density:
+        Optional ``log F'(s)``; default: the log of ``F``'s autograd derivative. Give it when
+        ``F'`` underflows in the tail (a closed form in log space keeps far points finite).
+    inverse:
+        Optional ``F^{-1}(u)``; default: bisection (:func:`invert_increasing`).
+    second_moment:
+        Optional ``E[R^2]``; default: the mean of ``F^{-1}(u)^2`` over 4096 mid-quantiles
+        (used only to scale the preconditioning).
+    name:
+        Name for logs.
+    """
+
+    def __init__(self, cdf, *, log_density=None, inverse=None, second_moment=None,
+                 name: str = "user"):
+        self._cdf = cdf
+        self._log_density = log_density
+        self._inverse = inverse
+        self.name = name
+        self._m2 = None if second_moment is None else float(second_moment)
+
+    def cdf(self, s: Tensor) -> Tensor:
+        return self._cdf(s)
+
+    def log_density(self, s: Tensor) -> Tensor:
+        """``log F'(s)`` elementwise."""
+        if self._log_density is not None:
+            return self._log_density(s)
+        with torch.enable_grad():
+            s_ = s.detach().clone().requires_grad_(True)
+            f = self._cdf(s_)
+            if not f.requires_grad:
+                raise ValueError(f"radial profile {self.name!r}: its CDF is not differentiable "
+                                 "by autograd; write it with torch operations or give "
+                                 "log_density")
+            (grad,) = torch.autograd.grad(f.sum(), s_)
+        return torch.log(grad)
+
+    def inverse(self, u: Tensor) -> Tensor:
+        """``F^{-1}(u)`` elementwise for ``u`` in ``[0, 1)``."""
+        if self._inverse is not None:
+            return self._inverse(u)
+        return invert_increasing(self._cdf, u)
+
+    @property
+    def second_moment(self) -> float:
+        """``E[R^2]`` (estimated once from quantiles when not given)."""
+        if self._m2 is None:
+            u = (torch.arange(4096, dtype=torch.float64) + 0.5) / 4096
+            self._m2 = float(self.inverse(u).pow(2).mean())
+        return self._m2
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless ``F`` looks like a radius CDF (``F(0) = 0``, increasing,
+        tending to 1, finite log-density)."""
+        s = torch.logspace(-6, 3, 400, dtype=torch.float64)
+        f = self.cdf(s)
+        f0 = float(self.cdf(torch.zeros(1, dtype=torch.float64))[0])
+        problems = []
+        if abs(f0) > 1e-9:
+            problems.append(f"F(0) = {f0:.3g}, must be 0")
+        if not bool(torch.all(f[1:] >= f[:-1] - 1e-12)):
+            problems.append("F is not increasing")
+        if abs(float(f[-1]) - 1.0) > 1e-6:
+            problems.append(f"F(1000) = {float(f[-1]):.6g}, must tend to 1")
+        if not bool(torch.isfinite(self.log_density(s[:200])).all()):
+            problems.append("log F' is not finite on (1e-6, 1)")
+        if problems:
+            raise ValueError(f"radial profile {self.name!r} is not a radius CDF: "
+                             + "; ".join(problems))
+
+
+def _tanh_log_density(s: Tensor) -> Tensor:
+    # log sech^2(s) = 2 (log 2 − s − log(1 + e^{−2s})), exact in the far tail
+    return 2.0 * (math.log(2.0) - s - torch.nn.functional.softplus(-2.0 * s))
+
+
+#: ``ψ(s) = tanh(s)``: ``R = artanh(U)``; ``E[R²] = π²/12``.
+TANH_PROFILE = RadialProfile(torch.tanh, log_density=_tanh_log_density, inverse=torch.atanh,
+                             second_moment=math.pi**2 / 12, name="tanh")
+#: ``ψ(s) = 1 − e^{−s}``: ``R ~ Exp(1)``; ``E[R²] = 2``.
+EXP_PROFILE = RadialProfile(lambda s: -torch.expm1(-s), log_density=lambda s: -s,
+                            inverse=lambda u: -torch.log1p(-u), second_moment=2.0, name="exp")
+PROFILES = {"tanh": TANH_PROFILE, "exp": EXP_PROFILE}
+
+
+class RadialProfileNoise(NoiseLaw):
+    """Isotropic ``eps = R·u``: radius ``R ~ F`` (a :class:`RadialProfile`), direction ``u``
+    uniform on the sphere (THEORY.md §4).
+
+    Density in ``R^d``: ``q(eps) = F'(r) / (S_{d−1} r^{d−1})``, ``r = ||eps||``. The radius is
+    O(1) whatever ``d``, so the spread per coordinate is ``sqrt(E[R²]/d)``
+    (:meth:`coordinate_scale`); :attr:`scale` is 1, i.e. a field's ``sigma(t)`` is its radius
+    scale ``s(t)``.
+    """
+
+    isotropic = True
+
+    def __init__(self, profile: RadialProfile):
+        self.profile = profile
+
+    def sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
+        radius = self.sample_radius(shape[0], int(math.prod(shape[1:])), generator=generator,
+                                    device=device, dtype=dtype)
+        u = uniform_directions(shape[0], tuple(shape[1:]), generator=generator, device=device,
+                               dtype=dtype)
+        return u * radius.view(shape[0], *([1] * (len(shape) - 1)))
+
+    def sample_radius(self, n, dim, *, generator=None, device=None, dtype=torch.float32):
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        return self.profile.inverse(u).to(dtype)
+
+    def log_prob_sqnorm(self, sqnorm, dim):
+        tiny = torch.finfo(sqnorm.dtype).tiny
+        r = sqnorm.clamp_min(tiny).sqrt()
+        return self.profile.log_density(r) - log_sphere_area(dim) - (dim - 1) * torch.log(r)
+
+    def coordinate_scale(self, dim):
+        return math.sqrt(self.profile.second_moment / dim)
+
+    def describe(self):
+        return f"radial profile {self.profile.name}"

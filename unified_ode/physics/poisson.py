@@ -11,17 +11,17 @@ The prior is the kernel at ``t_max`` centred at the origin. Its radius law is he
 ``[lower, upper]`` (``[1, 3000]`` on CIFAR-10). Clipping changes the prior, so it is a config
 value (``physics.clip_radius``, ``null`` for none) and :meth:`prior_log_prob` is the density
 of the *unclipped* law.
+
+PFGM is PFGM++ with ``D = 1`` (:class:`~unified_ode.physics.pfgmpp.PFGMPPField`); this class
+only fixes ``D`` and the name.
 """
 
 from __future__ import annotations
 
-import torch
-
-from unified_ode.physics.base import AffineField
-from unified_ode.physics.noise import StudentTNoise
+from unified_ode.physics.pfgmpp import PFGMPPField
 
 
-class PoissonField(AffineField):
+class PoissonField(PFGMPPField):
     """PFGM. ``t`` is PFGM's extra coordinate ``z``; ``sigma(t) = t`` (PFGM++ with D = 1).
 
     Parameters
@@ -35,27 +35,4 @@ class PoissonField(AffineField):
 
     def __init__(self, t_min: float = 0.002, t_max: float = 80.0,
                  clip_radius: tuple[float, float | None] | None = None, **kwargs):
-        super().__init__(noise=StudentTNoise(1.0), t_min=t_min, t_max=t_max, **kwargs)
-        if clip_radius is not None:
-            clip_radius = tuple(clip_radius)
-            if len(clip_radius) != 2:
-                raise ValueError("physics.clip_radius must be null or [lower, upper]")
-            lo, hi = clip_radius
-            if lo is not None and hi is not None and not lo < hi:
-                raise ValueError(f"physics.clip_radius needs lower < upper, got {clip_radius}")
-        self.clip_radius = clip_radius
-
-    def t_from_sigma(self, sigma):
-        return sigma
-
-    def sample_prior(self, n, shape, *, generator=None, device=None, dtype=torch.float32):
-        x = super().sample_prior(n, shape, generator=generator, device=device, dtype=dtype)
-        if self.clip_radius is None:
-            return x
-        lo, hi = self.clip_radius
-        norm = x.flatten(1).norm(dim=1)
-        clipped = norm.clamp(min=lo, max=hi)
-        return x * (clipped / norm.clamp_min(1e-30)).view(n, *([1] * len(shape)))
-
-    def describe(self):
-        return {**super().describe(), "clip_radius": self.clip_radius}
+        super().__init__(D=1.0, t_min=t_min, t_max=t_max, clip_radius=clip_radius, **kwargs)
