@@ -184,8 +184,9 @@ def invert_increasing(fn, target: Tensor, *, iters: int = 200) -> Tensor:
     ``fn`` with ``fn(0) <= target < sup fn``.
 
     ``target`` is any float tensor; ``fn`` maps a tensor of the same shape to one of the same
-    shape. The bracket ``[0, hi]`` is found by doubling ``hi`` from 1; then ``iters`` halvings
-    (200 in float64 reach the last bit for any bracket). Returns a tensor like ``target``.
+    shape. The bracket ``[0, hi]`` is found by doubling ``hi`` from 1; then at most ``iters``
+    halvings, stopping once every bracket is down to the last bits of its upper end. Returns a
+    tensor like ``target``.
     """
     target = target.detach()
     lo = torch.zeros_like(target)
@@ -199,11 +200,14 @@ def invert_increasing(fn, target: Tensor, *, iters: int = 200) -> Tensor:
     else:
         raise ValueError("invert_increasing: no bracket found (is the function a CDF that "
                          "tends to 1?)")
-    for _ in range(iters):
+    eps = torch.finfo(target.dtype).eps
+    for i in range(iters):
         mid = 0.5 * (lo + hi)
         below = fn(mid) < target
         lo = torch.where(below, mid, lo)
         hi = torch.where(below, hi, mid)
+        if i % 8 == 7 and bool(torch.all(hi - lo <= 2 * eps * hi)):
+            break  # every bracket is down to the last bits
     return 0.5 * (lo + hi)
 
 
