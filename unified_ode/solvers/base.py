@@ -1,8 +1,18 @@
-"""Solver interface: integrate ``dx/dt = f(x, t)`` over a decreasing time grid, counting NFE.
+"""Solver interface: integrate ``dx/dt = f(x, t)`` over a monotone time grid, counting NFE.
 
 A *drift* is any callable ``f(x, t) -> dx/dt`` with ``x`` ``(B, *shape)`` and ``t`` a scalar
-tensor; each call is one network evaluation (NFE). Solvers never special-case a field: the
-field only supplies its default time grid (:meth:`Field.default_grid`).
+tensor; each call is one network evaluation (NFE). A *denoiser* is a callable ``D(x, t) ->
+E[y | x, t]`` of the same signature; solvers in denoiser form (the multistep exponential
+integrators) call it instead of the drift, and its calls count as NFE too. Solvers never
+special-case a field: the field only supplies its default time grid
+(:meth:`Field.default_grid`) and, for denoiser-form solvers, its schedule ``a(t)``, ``s(t)``.
+
+Generation runs on a decreasing grid from ``t_max`` to ``t_min`` and, optionally, a final
+step to exactly ``t = 0``, where the drift of an affine field, ``(s'/s)(x − a D) + a' D``, is
+undefined (``s(0) = 0``). Every solver takes that last step as one Euler step, which for an
+affine field is exactly the denoising step ``x_0 = a(0) D(x, t_min)`` when ``a' = 0`` (the
+``a = 1, s = t`` fields) and the first-order step otherwise; the denoiser-form solvers take
+the denoising step ``x_0 = a(0) D`` itself. Either way it costs one NFE.
 """
 
 from __future__ import annotations
@@ -22,9 +32,11 @@ Drift = Callable[[Tensor, Tensor], Tensor]
 class SolveResult:
     """What a solver returns.
 
-    x: final states ``(B, *shape)``; nfe: exact number of drift (network) calls;
-    times: the float64 time grid used ``(steps + 1,)``; trajectory: recorded states
-    ``(K, B, *shape)`` or None; trajectory_times: ``(K,)`` times of the recorded states.
+    x: final states ``(B, *shape)``; nfe: exact number of network calls (drift and denoiser
+    calls together); times: the float64 time grid used ``(steps + 1,)`` (for the adaptive
+    solver: the grid of output times its dense output is read at); trajectory: recorded states
+    ``(K, B, *shape)`` or None; trajectory_times: ``(K,)`` times of the recorded states;
+    eval_times: ``(nfe,)`` float64 times at which the network was called, in call order.
     """
 
     x: Tensor
@@ -32,17 +44,23 @@ class SolveResult:
     times: Tensor
     trajectory: Tensor | None = None
     trajectory_times: Tensor | None = None
+    eval_times: Tensor | None = None
 
 
 class CountingDrift:
-    """Wraps a drift and counts its calls: the NFE is measured, never computed from a formula."""
+    """Wraps a drift (or denoiser) and counts its calls: the NFE is measured, never computed
+    from a formula. ``log`` (a list, optional, shared between wrappers) receives the time of
+    every call."""
 
-    def __init__(self, drift: Drift):
+    def __init__(self, drift: Drift, log: list[float] | None = None):
         self.drift = drift
         self.calls = 0
+        self.log = log
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
+        if self.log is not None:
+            self.log.append(float(torch.as_tensor(t).reshape(-1)[0]))
         return self.drift(x, t)
 
 
@@ -71,6 +89,11 @@ class Recorder:
         return torch.stack(self.states), torch.tensor(self.times, dtype=torch.float64)
 
 
+def step_time(times: Tensor, i: int, x: Tensor) -> Tensor:
+    """``times[i]`` as a scalar tensor in ``x``'s dtype and on its device."""
+    return times[i].to(dtype=x.dtype, device=x.device)
+
+
 class Solver:
     """Base class of grid solvers.
 
@@ -88,9 +111,14 @@ class Solver:
         End with a step from ``t_min`` to exactly 0 (a denoising step for affine fields).
     record_every:
         Record every k-th state into ``SolveResult.trajectory`` (0: none).
+
+    Subclasses implement :meth:`_integrate` (drift form) or, with ``needs_denoiser = True``,
+    :meth:`_integrate_denoiser` (denoiser form on an affine field).
     """
 
     name = "solver"
+    #: True for solvers that need ``denoiser=`` and an affine ``field=`` in :meth:`solve`.
+    needs_denoiser = False
 
     def __init__(self, steps: int = 18, grid: str | None = None, rho: float = 7.0,
                  t_min: float | None = None, t_max: float | None = None,
@@ -117,19 +145,52 @@ class Solver:
         return make_grid(self.grid or "edm", self.steps, t_min, t_max, rho=self.rho,
                          final_step=self.final_step)
 
-    def solve(self, drift: Drift, x: Tensor, times: Tensor) -> SolveResult:
-        """Integrate from ``times[0]`` to ``times[-1]`` starting at ``x``."""
-        counter = CountingDrift(drift)
+    def solve(self, drift: Drift, x: Tensor, times: Tensor, *, denoiser: Drift | None = None,
+              field=None) -> SolveResult:
+        """Integrate from ``times[0]`` to ``times[-1]`` starting at ``x`` ``(B, *shape)``.
+
+        ``drift``: ``f(x, t)``. ``denoiser``, ``field``: the denoiser ``D(x, t)`` and the
+        affine field it belongs to, required by denoiser-form solvers (``needs_denoiser``) and
+        ignored by the others. ``times``: a strictly monotone 1-D grid (float64 is kept).
+        """
+        times = torch.as_tensor(times).to(torch.float64).cpu()
+        if times.ndim != 1 or times.numel() < 2:
+            raise ValueError(f"a time grid needs at least 2 times, got shape {tuple(times.shape)}")
+        diffs = times[1:] - times[:-1]
+        if not (torch.all(diffs < 0) or torch.all(diffs > 0)):
+            raise ValueError("the time grid must be strictly monotone, got "
+                             f"{times.tolist()}")
+        log: list[float] = []
+        counter = CountingDrift(drift, log)
         recorder = Recorder(self.record_every)
-        x = self._integrate(counter, x, times.to(torch.float64), recorder)
+        if self.needs_denoiser:
+            from unified_ode.solvers.affine import AffineSchedule
+
+            if denoiser is None:
+                raise ValueError(
+                    f"solver={self.name} works in denoiser form and needs "
+                    "solve(..., denoiser=D, field=field); GenerativeODE.sample passes them. "
+                    "Use solver=heun, rk4 or dopri5 with a drift only.")
+            schedule = AffineSchedule.of(field, self.name)
+            den = CountingDrift(denoiser, log)
+            x = self._integrate_denoiser(den, x, times, recorder, schedule)
+            nfe = den.calls + counter.calls
+        else:
+            x = self._integrate(counter, x, times, recorder)
+            nfe = counter.calls
         traj, traj_t = recorder.result()
-        return SolveResult(x=x, nfe=counter.calls, times=times, trajectory=traj,
-                           trajectory_times=traj_t)
+        return SolveResult(x=x, nfe=nfe, times=times, trajectory=traj, trajectory_times=traj_t,
+                           eval_times=torch.tensor(log, dtype=torch.float64))
 
     def _integrate(self, drift: Drift, x: Tensor, times: Tensor, record: Recorder) -> Tensor:
         raise NotImplementedError
 
+    def _integrate_denoiser(self, denoiser: Drift, x: Tensor, times: Tensor, record: Recorder,
+                            schedule) -> Tensor:
+        raise NotImplementedError
+
     def describe(self) -> dict:
+        """Facts written into outputs (``sample_info.json``) and logs."""
         return {"solver": self.name, "steps": self.steps, "grid": self.grid or "field default",
                 "rho": self.rho, "t_min": self.t_min, "t_max": self.t_max,
-                "final_step": self.final_step}
+                "final_step": self.final_step, "record_every": self.record_every}

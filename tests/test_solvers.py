@@ -1,0 +1,299 @@
+"""Solvers on exact fields: convergence orders, exact NFE, trajectories, the solver interface,
+configs and ``sample.py solver=dopri5`` printing its measured NFE."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, run_script
+from unified_ode.physics import ExactPosterior, PoissonField, VEField
+from unified_ode.physics.base import AffineField, Field
+from unified_ode.physics.noise import GaussianNoise
+from unified_ode.solvers import (
+    RK4,
+    Dopri5,
+    DPMSolverPP,
+    DPMSolverPP2M,
+    DPMSolverPP3M,
+    Euler,
+    Heun,
+    model_denoiser,
+)
+from unified_ode.timegrid import make_grid
+
+F64 = torch.float64
+
+
+class SigmaVP(AffineField):
+    """A VP-type affine field with a != 1 (EDM's VP in sigma units): a = 1/sqrt(1+t²),
+    s = t/sqrt(1+t²). Tests that the solvers use a(t), s(t) and nothing VE-specific."""
+
+    name = "sigma_vp"
+
+    def __init__(self, **kwargs):
+        super().__init__(noise=GaussianNoise(), t_min=0.01, t_max=10.0, **kwargs)
+
+    def a(self, t):
+        return 1 / torch.sqrt(1 + t**2)
+
+    def s(self, t):
+        return t / torch.sqrt(1 + t**2)
+
+    def da(self, t):
+        return -t / (1 + t**2) ** 1.5
+
+    def ds(self, t):
+        return 1 / (1 + t**2) ** 1.5
+
+    def t_from_sigma(self, sigma):
+        return sigma
+
+
+def exact_problem(field, n_data=4, n_query=48, seed=0):
+    """(drift, denoiser, x0) of the exact field of ``n_data`` Gaussian points in 2-D."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(n_data, 2, generator=g, dtype=F64)
+    model = ExactPosterior(field, data)
+
+    def drift(x, t):
+        tb = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        return field.drift(x, tb, model(x, tb))
+
+    x0 = 2.0 * torch.randn(n_query, 2, generator=g, dtype=F64)
+    return drift, model_denoiser(field, model), x0, data
+
+
+def rms(a, b):
+    return (a - b).pow(2).mean().sqrt().item()
+
+
+# --- convergence orders ----------------------------------------------------------------------
+# Smooth setting: exact field of 4 points, integrated from t = 2 down to t = 0.5 (the posterior
+# is smooth there), on uniform grids of N = 8 … 128 steps; the reference is RK4 with 640 steps
+# (error ~1e-11, measured RK4 errors are ≥ 1e-8). The order is the least-squares slope of
+# log(error) against log(N).
+ORDER_CASES = [  # (solver factory, expected order, tolerance)
+    (lambda n: Euler(steps=n), 1.0, 0.15),
+    (lambda n: Heun(steps=n), 2.0, 0.3),
+    (lambda n: RK4(steps=n), 4.0, 0.4),
+    (lambda n: DPMSolverPP2M(steps=n, lower_order_final=False), 2.0, 0.3),
+]
+
+
+@functools.cache
+def smooth_problem(field_cls):
+    field = field_cls()
+    drift, den, x0, _ = exact_problem(field)
+    ref = RK4(steps=640).solve(drift, x0, make_grid("uniform", 640, 0.5, 2.0,
+                                                    final_step=False)).x
+    return field, drift, den, x0, ref
+
+
+def measured_order(field_cls, make_solver, ns=(8, 16, 32, 64, 128)):
+    field, drift, den, x0, ref = smooth_problem(field_cls)
+    errs = []
+    for n in ns:
+        grid = make_grid("uniform", n, 0.5, 2.0, final_step=False)
+        errs.append(rms(make_solver(n).solve(drift, x0, grid, denoiser=den, field=field).x, ref))
+    lx = torch.tensor([math.log(n) for n in ns], dtype=F64)
+    ly = torch.tensor([math.log(e) for e in errs], dtype=F64)
+    slope = ((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum()
+    return -slope.item(), errs
+
+
+@pytest.mark.parametrize("field_cls", [VEField, SigmaVP], ids=["ve", "sigma_vp"])
+@pytest.mark.parametrize("case", range(len(ORDER_CASES)),
+                         ids=["euler", "heun", "rk4", "dpmpp2m"])
+def test_convergence_order(field_cls, case):
+    make_solver, expected, tol = ORDER_CASES[case]
+    order, errs = measured_order(field_cls, make_solver)
+    assert abs(order - expected) < tol, (order, errs)
+
+
+def test_dpmpp3m_beats_2m_and_converges():
+    """3M starts with a first-order step, so its limit order is 2; measured it is ≥ 2.3 over
+    N = 8…128 and its errors are below 2M's from N = 16 on."""
+    o3, e3 = measured_order(VEField, lambda n: DPMSolverPP3M(steps=n, lower_order_final=False))
+    _, e2 = measured_order(VEField, lambda n: DPMSolverPP2M(steps=n, lower_order_final=False))
+    assert o3 > 2.3, (o3, e3)
+    assert all(a < b for a, b in zip(e3[1:], e2[1:])), (e3, e2)
+
+
+def test_first_order_exponential_step_is_euler_on_ve():
+    """For a = 1, s = t, DPM-Solver++ of order 1 is Euler, step for step (up to rounding)."""
+    field = VEField()
+    drift, den, x0, _ = exact_problem(field)
+    grid = field.default_grid(7)
+    a = Euler(steps=7).solve(drift, x0, grid).x
+    b = DPMSolverPP(steps=7, order=1).solve(drift, x0, grid, denoiser=den, field=field).x
+    assert rms(a, b) < 1e-12
+
+
+# --- NFE accounting --------------------------------------------------------------------------
+NFE_FORMULAS = {  # steps, final_step -> NFE
+    "euler": (Euler, lambda n, f: n),
+    "heun": (Heun, lambda n, f: 2 * n - 1 if f else 2 * n),
+    "rk4": (RK4, lambda n, f: 4 * (n - 1) + 1 if f else 4 * n),
+    "dpmpp2m": (DPMSolverPP2M, lambda n, f: n),
+    "dpmpp3m": (DPMSolverPP3M, lambda n, f: n),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NFE_FORMULAS))
+@pytest.mark.parametrize("final_step", [True, False])
+def test_nfe_is_exact_for_fixed_step_solvers(name, final_step):
+    field = PoissonField()
+    drift, den, x0, _ = exact_problem(field, n_query=8)
+    calls = {"n": 0}
+
+    def counted(f):
+        def g(x, t):
+            calls["n"] += 1
+            return f(x, t)
+        return g
+
+    cls, formula = NFE_FORMULAS[name]
+    for steps in (1, 2, 5, 9):
+        calls["n"] = 0
+        solver = cls(steps=steps, final_step=final_step)
+        res = solver.solve(counted(drift), x0, solver.time_grid(field),
+                           denoiser=counted(den), field=field)
+        assert res.nfe == formula(steps, final_step) == calls["n"], (steps, res.nfe)
+        assert len(res.eval_times) == res.nfe
+        assert res.times.dtype == F64 and len(res.times) == steps + 1
+
+
+@pytest.mark.parametrize("time_variable", ["t", "log"])
+def test_dopri5_nfe_matches_a_call_counter_and_converges(time_variable):
+    field = VEField()
+    drift, _, x0, data = exact_problem(field, n_query=32)
+    calls = {"n": 0}
+
+    def counted(x, t):
+        calls["n"] += 1
+        return drift(x, t)
+
+    grid = field.default_grid(10)
+    ref = RK4(steps=400, grid="log").solve(drift, x0, make_grid("log", 400, field.t_min,
+                                                                  field.t_max))
+    res = Dopri5(rtol=1e-7, atol=1e-7, time_variable=time_variable).solve(counted, x0, grid)
+    assert res.nfe == calls["n"] > 20
+    assert res.eval_times.min() >= 0 and res.eval_times.max() <= field.t_max
+    assert rms(res.x, ref.x) < 1e-4
+    # the samples land on the data points (the exact field's ground truth)
+    assert torch.cdist(res.x, data).min(dim=1).values.max() < 0.01
+
+
+def test_dopri5_never_evaluates_outside_the_interval():
+    """torchdiffeq's own first step can overshoot t = 0 from t_max = 80; ours is clamped and
+    the last step lands on t_min (drift calls at t < t_min would be singular)."""
+    field = VEField()
+    drift, _, x0, _ = exact_problem(field, n_query=16)
+    res = Dopri5(rtol=1e-3, atol=1e-3, time_variable="t").solve(drift, x0,
+                                                                  field.default_grid(4))
+    inner = res.eval_times[:-1]  # the last call is the denoising step at t_min
+    assert inner.min() >= field.t_min - 1e-12 and inner.max() <= field.t_max
+
+
+# --- trajectories ----------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", [Euler(steps=6), Heun(steps=6), RK4(steps=6),
+                                    DPMSolverPP2M(steps=6), DPMSolverPP3M(steps=6),
+                                    Dopri5(steps=6, rtol=1e-4, atol=1e-4)],
+                         ids=lambda s: s.name)
+def test_every_solver_records_trajectories(solver):
+    field = VEField()
+    drift, den, x0, _ = exact_problem(field, n_query=8)
+    solver.record_every = 2
+    grid = solver.time_grid(field)
+    res = solver.solve(drift, x0, grid, denoiser=den, field=field)
+    assert res.trajectory is not None
+    assert res.trajectory.shape[1:] == x0.shape
+    # steps 0, 2, 4, 6 of the 6-step grid: the first and the final state included
+    assert res.trajectory_times.tolist() == pytest.approx(grid[[0, 2, 4, 6]].tolist())
+    assert torch.equal(res.trajectory[0], x0) and torch.equal(res.trajectory[-1], res.x)
+    solver.record_every = 0
+    assert solver.solve(drift, x0, grid, denoiser=den, field=field).trajectory is None
+
+
+# --- the solver interface --------------------------------------------------------------------
+def test_denoiser_solver_errors_are_clear():
+    field = VEField()
+    drift, den, x0, _ = exact_problem(field, n_query=4)
+    solver = DPMSolverPP2M(steps=4)
+    grid = solver.time_grid(field)
+    with pytest.raises(ValueError, match="denoiser form"):
+        solver.solve(drift, x0, grid)
+    with pytest.raises(ValueError, match="needs the field"):
+        solver.solve(drift, x0, grid, denoiser=den)
+
+    class NotAffine(Field):
+        name = "radial_test"
+
+    with pytest.raises(ValueError, match="needs an affine field.*radial_test"):
+        solver.solve(drift, x0, grid, denoiser=den, field=NotAffine(t_min=0.01, t_max=1.0))
+    with pytest.raises(ValueError, match="strictly monotone"):
+        Euler(steps=2).solve(drift, x0, torch.tensor([1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="order"):
+        DPMSolverPP(order=4)
+    with pytest.raises(ValueError, match="time_variable"):
+        Dopri5(time_variable="sqrt")
+
+
+def test_velocity_model_gives_the_same_denoiser():
+    """An affine field trained on velocity still feeds the denoiser-form solvers: the velocity
+    of the exact field, converted, equals the exact denoiser."""
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(5, 2, generator=g, dtype=F64)
+    x = 1.5 * torch.randn(16, 2, generator=g, dtype=F64)
+    t = torch.full((16,), 0.7, dtype=F64)
+    for cls in (VEField, SigmaVP):
+        den_field, vel_field = cls(objective="denoiser"), cls(objective="velocity")
+        d1 = model_denoiser(den_field, ExactPosterior(den_field, data))(x, t)
+        d2 = model_denoiser(vel_field, ExactPosterior(vel_field, data))(x, t)
+        assert rms(d1, d2) < 1e-10
+
+
+# --- configs and sample.py -------------------------------------------------------------------
+SOLVER_CONFIGS = sorted(p.stem for p in (CONF / "solver").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SOLVER_CONFIGS)
+def test_solver_configs_instantiate_and_land_on_data(name):
+    """Every conf/solver/*.yaml builds and, on the exact Poisson field of 4 points, lands its
+    samples near the data points with the NFE it reports; describe() is JSON-serialisable."""
+    solver = instantiate(OmegaConf.load(CONF / "solver" / f"{name}.yaml"))
+    field = PoissonField()
+    drift, den, x0, data = exact_problem(field, n_query=16)
+    x0 = field.sample_prior(16, (2,), generator=torch.Generator().manual_seed(1), dtype=F64)
+    res = solver.solve(drift, x0, solver.time_grid(field), denoiser=den, field=field)
+    assert res.nfe == len(res.eval_times) > 0
+    assert torch.cdist(res.x, data).min(dim=1).values.median() < 0.05
+    json.dumps(solver.describe())
+
+
+def test_pfgm_rk45_config_is_pfgms_setting():
+    cfg = OmegaConf.load(CONF / "solver" / "pfgm_rk45.yaml")
+    solver = instantiate(cfg)
+    assert (solver.time_variable, solver.rtol, solver.atol) == ("log", 1e-4, 1e-4)
+    grid = solver.time_grid(PoissonField(t_max=40.0))
+    assert grid[0] == 40.0 and grid[-1] == pytest.approx(1e-3) and grid.min() > 0
+
+
+@pytest.mark.slow
+def test_sample_py_dopri5_prints_measured_nfe(tmp_path: Path):
+    out = tmp_path / "dopri5"
+    proc = run_script("sample.py", "network=exact", "solver=dopri5", "n=200",
+                      "dataset.n_train=2000", "record_every=0", f"out_dir={out}")
+    info = json.loads((out / "sample_info.json").read_text())
+    nfe = info["nfe_per_batch"][0]
+    assert f"NFE: {nfe}" in proc.stdout
+    assert nfe > 20 and info["solver"]["solver"] == "dopri5"
+    assert info["solver"]["rtol"] == 1e-5
