@@ -9,9 +9,10 @@ from unified_ode.errors import friendly_errors
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Returns the primary sample metric (sw@<n> or fid@<n>; lower is better) for sweepers."""
     with friendly_errors("train.py"):
         summary = run_training(cfg)
-    return summary["metrics"].get("sample/sw")
+    return summary["objective"]
 
 
 if __name__ == "__main__":

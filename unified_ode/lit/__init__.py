@@ -1,6 +1,9 @@
-"""The Lightning layer: the module and its callbacks."""
+"""The Lightning layer: the module and its callbacks (EMA, metrics, figures, checkpoints)."""
 
-from unified_ode.lit.callbacks import PointSampleEvaluation
+from unified_ode.lit.callbacks import PeriodicSampling, SampleMetrics
+from unified_ode.lit.checkpoint import AtomicCheckpointIO, RNGState, RunCheckpoint
+from unified_ode.lit.ema import EMA
 from unified_ode.lit.module import GenerativeODE
 
-__all__ = ["GenerativeODE", "PointSampleEvaluation"]
+__all__ = ["EMA", "AtomicCheckpointIO", "GenerativeODE", "PeriodicSampling", "RNGState",
+           "RunCheckpoint", "SampleMetrics"]
