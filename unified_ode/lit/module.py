@@ -7,6 +7,7 @@ posterior) and integration to the solver.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning as L
@@ -27,19 +28,33 @@ class GenerativeODE(L.LightningModule):
     objective: callable ``(model, field, y) -> scalar loss``.
     solver: default :class:`unified_ode.solvers.Solver` for :meth:`sample`.
     data_shape: shape of one sample.
-    optim: ``lr``, ``betas``, ``weight_decay``, ``warmup_steps``.
+    optim: ``name`` (``adam`` or ``adamw``), ``lr``, ``betas``, ``eps``, ``weight_decay``,
+        ``warmup_steps`` (linear learning-rate warm-up from ``lr/warmup_steps`` to ``lr``).
+    compile: train through ``torch.compile(model)`` (the stored weights and checkpoints are
+        those of the uncompiled model, so checkpoints do not depend on this switch).
+
+    ``ema`` is set by the :class:`~unified_ode.lit.ema.EMA` callback; :meth:`sample` and
+    :meth:`use_ema` then use the averaged weights.
     """
 
+    OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
     def __init__(self, field, model: torch.nn.Module, objective, solver: Solver,
-                 data_shape, optim: dict | None = None):
+                 data_shape, optim: dict | None = None, compile: bool = False):
         super().__init__()
         self.field = field
         self.model = model
         self.objective = objective
         self.solver = solver
         self.data_shape = tuple(int(s) for s in data_shape)
-        self.optim = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0,
-                      "warmup_steps": 0, **(optim or {})}
+        self.optim = {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+                      "weight_decay": 0.0, "warmup_steps": 0, **(optim or {})}
+        if str(self.optim["name"]).lower() not in self.OPTIMIZERS:
+            raise ValueError(f"unknown optim.name={self.optim['name']!r}; choose one of "
+                             f"{', '.join(self.OPTIMIZERS)}")
+        self.compile = bool(compile)
+        self._compiled: dict = {}  # not a submodule: keeps state_dict keys unchanged
+        self.ema = None
 
     # --- inference -----------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -54,10 +69,20 @@ class GenerativeODE(L.LightningModule):
         return self.field.sample_prior(n, self.data_shape, generator=generator,
                                        device=self.device)
 
+    @contextlib.contextmanager
+    def use_ema(self, enabled: bool = True):
+        """``with module.use_ema():`` the model holds the EMA weights (if an EMA is attached)."""
+        if enabled and self.ema is not None:
+            with self.ema.applied(self.model):
+                yield self
+        else:
+            yield self
+
     @torch.no_grad()
     def sample(self, n: int | None = None, *, x_T: Tensor | None = None,
-               solver: Solver | None = None, generator=None) -> SolveResult:
-        """Integrate the generative ODE from prior states ``x_T`` (or ``n`` fresh ones)."""
+               solver: Solver | None = None, generator=None, ema: bool = True) -> SolveResult:
+        """Integrate the generative ODE from prior states ``x_T`` (or ``n`` fresh ones), with
+        the EMA weights when an EMA is attached and ``ema`` is true."""
         if x_T is None:
             if n is None:
                 raise ValueError("sample() needs n or x_T")
@@ -65,30 +90,51 @@ class GenerativeODE(L.LightningModule):
         solver = solver or self.solver
         was_training = self.training
         self.eval()
+        weights = contextlib.ExitStack()
+        weights.enter_context(self.use_ema(ema))
         try:
             times = solver.time_grid(self.field)
             return solver.solve(self.drift, x_T.to(self.device), times, field=self.field,
                                 denoiser=model_denoiser(self.field, self.model))
         finally:
+            weights.close()
             self.train(was_training)
 
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         y = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = self.objective(self.model, self.field, y)
+        loss = self.objective(self._train_model(), self.field, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step "
                                      f"{self.global_step}; lower optim.lr or check the data")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
+                 on_epoch=False)
         return loss
+
+    def _train_model(self) -> torch.nn.Module:
+        """The model the loss is computed with: ``torch.compile(model)`` when ``compile``
+        (compiled lazily, on the first step, so the module still pickles for ddp_spawn)."""
+        if not self.compile:
+            return self.model
+        if "model" not in self._compiled:
+            self._compiled["model"] = torch.compile(self.model)
+        return self._compiled["model"]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_compiled"] = {}  # compiled graphs do not pickle; recompiled after unpickling
+        return state
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters (network=exact needs no "
                              "training: use sample.py)")
-        opt = torch.optim.Adam(params, lr=self.optim["lr"], betas=tuple(self.optim["betas"]),
-                               weight_decay=self.optim["weight_decay"])
+        opt_class = self.OPTIMIZERS[str(self.optim["name"]).lower()]
+        opt = opt_class(params, lr=float(self.optim["lr"]), betas=tuple(self.optim["betas"]),
+                        eps=float(self.optim["eps"]),
+                        weight_decay=float(self.optim["weight_decay"]))
         warmup = int(self.optim["warmup_steps"])
         if warmup <= 0:
             return opt
