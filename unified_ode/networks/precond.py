@@ -7,9 +7,9 @@ and its noise level ``sigma(t)`` in data units. With ``x~ = x / a``:
   :meth:`~unified_ode.physics.Field.denoiser_coefficients` (EDM's for Gaussian noise:
   ``c_skip = sd²/(σ²+sd²)``, ``c_out = σ sd/sqrt(σ²+sd²)``, ``c_in = 1/sqrt(σ²+sd²)``,
   ``c_noise = ln(σ)/4``);
-* velocity form: ``v = u(x, t) F(c_in x~, c_noise)`` with the field's
-  :meth:`~unified_ode.physics.Field.velocity_scale` ``u`` (the typical size per coordinate of
-  its velocity target; 1 for VE/PFGM/PFGM++).
+* velocity form: ``v = v_skip x + v_out F(c_in x~, c_noise)`` with the field's
+  :meth:`~unified_ode.physics.Field.velocity_coefficients` (for affine fields: the denoiser
+  form carried through the drift; the default ``(0, 1)`` makes ``F`` the velocity).
 
 so the network always sees unit-scale inputs and produces unit-scale outputs, whatever the
 field.
@@ -40,6 +40,9 @@ class Preconditioned(nn.Module):
         x_scaled = x * self.field.input_scale(t).view(shape)
         c_skip, c_out, c_in, c_noise = self.field.denoiser_coefficients(x, t, self.sigma_data)
         f = self.net(x_scaled * c_in.view(shape), c_noise)
+        if self.prediction == "normalized_field":
+            return f  # PFGM's normalised field: O(1) per coordinate by construction
         if self.prediction == "velocity":
-            return self.field.velocity_scale(x, t, self.sigma_data).view(shape) * f
+            v_skip, v_out = self.field.velocity_coefficients(x, t, self.sigma_data)
+            return v_skip.view(shape) * x + v_out.view(shape) * f
         return c_skip.view(shape) * x_scaled + c_out.view(shape) * f

@@ -150,11 +150,17 @@ class Field:
         """
         return edm_coefficients(self.sigma(t), sigma_data)
 
-    def velocity_scale(self, x: Tensor, t: Tensor, sigma_data: float) -> Tensor:
-        """Typical size per coordinate of the velocity target at ``(x, t)``: the velocity
-        form of the preconditioning outputs ``velocity_scale · F`` so that the raw network
-        ``F`` is O(1). ``x`` ``(B, *shape)``, ``t`` ``(B,)``; returns ``(B,)``. Default 1."""
-        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    def velocity_coefficients(self, x: Tensor, t: Tensor, sigma_data: float):
+        """Velocity-form preconditioning ``(v_skip, v_out)``, each ``(B,)``: the model's
+        velocity is ``v_skip·x + v_out·F`` for the raw network output ``F``.
+
+        ``v_skip·x`` should be the part of the velocity known in closed form (the exact
+        velocity for data ``N(0, sd² I)``) and ``v_out`` the size per coordinate of the rest,
+        so that ``F`` is O(1) and its errors are not multiplied by the long time spans of
+        fields with a large ``t_max``. Default: ``(0, 1)`` (the network is the velocity).
+        """
+        ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        return torch.zeros_like(ones), ones
 
     def input_scale(self, t: Tensor) -> Tensor:
         """Factor that maps the state ``x`` to data scale before the network: ``1 / a(t)``."""
@@ -295,12 +301,17 @@ class AffineField(Field):
         law's spread per coordinate depends on ``d`` (radial profiles). Returns ``(B,)``."""
         return self.s(t) / self.a(t) * self.noise.coordinate_scale(event_dim(x))
 
-    def velocity_scale(self, x, t, sigma_data):
-        """RMS per coordinate of ``v = a' y + s' eps`` for data of scale ``sigma_data``:
-        ``sqrt((a' sd)² + (s' q)²)``, ``q`` the noise law's per-coordinate scale. 1 for
-        ``a = 1, s = t`` with unit-scale noise (VE, PFGM, PFGM++)."""
-        q = self.noise.coordinate_scale(event_dim(x))
-        return ((self.da(t) * sigma_data) ** 2 + (self.ds(t) * q) ** 2).sqrt()
+    def velocity_coefficients(self, x, t, sigma_data):
+        """The denoiser parametrisation carried through the affine drift: with
+        ``D = c_skip x~ + c_out F`` (``x~ = x·input_scale``) the velocity
+        ``v = (s'/s) x + (a' − a s'/s) D`` is ``v_skip x + v_out F`` with
+        ``v_skip = s'/s + (a' − a s'/s) c_skip input_scale`` and
+        ``v_out = (a' − a s'/s) c_out``. So the velocity objective trains the same network
+        output as the denoiser objective, weighted by ``v_out²`` instead of ``1``."""
+        c_skip, c_out, _, _ = self.denoiser_coefficients(x, t, sigma_data)
+        a, s, da, ds = self.a(t), self.s(t), self.da(t), self.ds(t)
+        k = da - a * ds / s
+        return ds / s + k * c_skip * self.input_scale(t), k * c_out
 
     def input_scale(self, t):
         return 1.0 / self.a(t)

@@ -225,10 +225,14 @@ class RadialGeneralField(Field):
         level = self.sigma(t) * (self.radius_rms / math.sqrt(event_dim(x)))
         return edm_coefficients(level, sigma_data)
 
-    def velocity_scale(self, x, t, sigma_data):
-        """Speeds are ≈ ``r/t``, O(1): per coordinate ``radius_rms/sqrt(d)``."""
-        value = self.radius_rms / math.sqrt(event_dim(x))
-        return torch.full((x.shape[0],), value, dtype=x.dtype, device=x.device)
+    def velocity_coefficients(self, x, t, sigma_data):
+        """Rays are nearly straight (speed ``≈ r/t``), so the velocity is preconditioned like
+        that of a straight-ray field, ``v ≈ (x − D)/t``, with EDM's coefficients at the
+        per-coordinate level above: ``v_skip = (1 − c_skip)/t``, ``v_out = −c_out/t``. The
+        network learns the rest, including the bending of the rays."""
+        c_skip, c_out, _, _ = self.denoiser_coefficients(x, t, sigma_data)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return (1 - c_skip) / t, -c_out / t
 
     def describe(self):
         return {**super().describe(), "psi": self.psi_name, "tau": self.tau,
