@@ -60,7 +60,11 @@ class ExactPosterior(nn.Module):
         t = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(x.shape[0])
         outs = [self._chunk(x[i:i + self.query_chunk], t[i:i + self.query_chunk])
                 for i in range(0, x.shape[0], self.query_chunk)]
-        return torch.cat(outs).to(out_dtype)
+        out = torch.cat(outs)
+        if self.field.prediction not in ("denoiser", "velocity"):
+            # a field-specific kind (PFGM's normalised field): a function of the denoiser
+            out = self.field.prediction_from_denoiser(x, t, out)
+        return out.to(out_dtype)
 
     def _chunk(self, x: Tensor, t: Tensor) -> Tensor:
         n = x.shape[0]
