@@ -11,7 +11,7 @@ from tests.conftest import run_script
 
 TINY = ["trainer.max_steps=40", "dataset.n_train=2048", "dataset.batch_size=128",
         "network.width=32", "network.depth=1", "solver.steps=6",
-        "callbacks.sample_eval.n_samples=256", "callbacks.sample_eval.every_n_steps=20",
+        "callbacks.metrics.n_samples=256", "callbacks.metrics.every_n_steps=20",
         "callbacks.checkpoint.every_n_train_steps=20"]
 
 
@@ -31,9 +31,9 @@ def test_train_writes_a_complete_run_directory(trained_run):
     assert (run_dir / "samples.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    sws = [float(r["sample/sw"]) for r in rows if r.get("sample/sw")]
-    nfes = {float(r["sample/nfe"]) for r in rows if r.get("sample/nfe")}
-    prior_sw = [float(r["prior/sw"]) for r in rows if r.get("prior/sw")]
+    sws = [float(r["sw@256"]) for r in rows if r.get("sw@256")]
+    nfes = {float(r["nfe"]) for r in rows if r.get("nfe")}
+    prior_sw = [float(r["prior/sw@256"]) for r in rows if r.get("prior/sw@256")]
     assert losses and all(np.isfinite(losses))
     assert len(sws) >= 2 and nfes == {11.0}  # Heun, 6 steps: 2·6 − 1
     assert prior_sw and sws[-1] < prior_sw[0]  # better than the prior samples

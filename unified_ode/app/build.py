@@ -52,9 +52,27 @@ def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, objec
     return module, datamodule
 
 
+def _instantiate_entries(cfg: DictConfig, group: str) -> list:
+    """Instantiate every ``<group>.<name>`` entry (a config with ``_target_``; null: off)."""
+    out = []
+    for name, c in (cfg.get(group) or {}).items():
+        if c is None:
+            continue
+        if "_target_" not in c:
+            raise UserError(f"{group}.{name} has no _target_: it only sets "
+                            f"{', '.join(map(str, c.keys())) or 'nothing'}, for an entry that "
+                            f"the chosen {group} config does not define. Drop it with "
+                            f"~{group}.{name}, or pick a {group} config that has it.")
+        out.append(instantiate(c))
+    return out
+
+
 def build_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    """The trainer's callbacks: every entry of ``cfg.callbacks`` (``~callbacks.<name>``
+    removes one)."""
+    return _instantiate_entries(cfg, "callbacks")
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """The trainer's loggers: every entry of ``cfg.logger``."""
+    return _instantiate_entries(cfg, "logger")

@@ -14,11 +14,13 @@ import torch
 from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from unified_ode.app.build import build_module, is_exact
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
 from unified_ode.viz import plot_points_with_trajectories
+from unified_ode.viz_images import save_image_grid, to_uint8_nhwc
 
 #: Config groups that define the model; with ``run=...`` they come from the run.
 MODEL_GROUPS = ("physics", "network", "dataset", "solver")
@@ -132,12 +134,17 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     n, bs, seed = int(cfg.n), int(cfg.batch_size), int(cfg.seed)
+    temperature = float(cfg.get("temperature", 1.0))
+    if not temperature > 0:
+        raise UserError(f"temperature must be positive, got {temperature}")
+    images = getattr(datamodule, "kind", None) == "images"
     chunks, nfes, first = [], [], None
     start = time.perf_counter()
-    for i, lo in enumerate(range(0, n, bs)):
+    starts = range(0, n, bs)
+    for i, lo in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
-        x_T = module.sample_prior(min(bs, n - lo), generator=g)
-        solver.record_every = int(cfg.record_every) if i == 0 else 0
+        x_T = temperature * module.sample_prior(min(bs, n - lo), generator=g)
+        solver.record_every = int(cfg.record_every) if i == 0 and not images else 0
         result = module.sample(x_T=x_T, solver=solver)
         first = first or result
         chunks.append(result.x.cpu())
@@ -145,9 +152,14 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
 
-    np.savez(out_dir / SAMPLES_FILE, samples=samples.numpy(), nfe=np.array(nfes),
-             times=first.times.numpy(), seed=seed)
+    if images:  # uint8 NHWC, the layout FID tools read
+        np.savez(out_dir / SAMPLES_FILE, samples=to_uint8_nhwc(samples), nfe=np.array(nfes),
+                 times=first.times.numpy(), seed=seed, temperature=temperature)
+    else:
+        np.savez(out_dir / SAMPLES_FILE, samples=samples.numpy(), nfe=np.array(nfes),
+                 times=first.times.numpy(), seed=seed, temperature=temperature)
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
+            "temperature": temperature,
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
             "run": cfg.run, "field": module.field.describe(), "solver": solver.describe(),
             "grid": first.times.tolist()}
@@ -159,8 +171,70 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
             out_dir / "samples.png", datamodule.heldout(min(n, 5000)), samples,
             first.trajectory, first.trajectory_times,
             title=f"{module.field.name}: {solver.name} NFE={nfes[0]}, n={n}")
+    elif images:
+        figure = save_image_grid(out_dir / "samples.png", samples[: int(cfg.get("grid_size", 64))])
+        if cfg.get("interpolate", False):
+            strip = sample_interpolation(module, solver, cfg, temperature, out_dir)
+            figure = f"{figure}, {strip}"
     nfe_text = str(nfes[0]) if len(set(nfes)) == 1 else f"{nfes} (per batch)"
     print(f"NFE: {nfe_text}")
     print(f"wall time: {seconds:.3f} s for {n} samples ({len(nfes)} batch(es))")
     print(f"wrote {out_dir / SAMPLES_FILE}" + (f" and {figure}" if figure else ""))
     return {"out_dir": str(out_dir), "nfe": nfes, "seconds": seconds, "samples": samples}
+
+
+def polar_interpolation(x0: torch.Tensor, x1: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` states from ``x0`` to ``x1`` (each ``(B, *shape)``) -> ``(steps, B, *shape)``.
+
+    Directions are interpolated along the great circle (slerp on the unit sphere) and radii
+    geometrically, ``r = r0^(1-a) r1^a``. Every intermediate state is a direction of the sphere
+    times a radius between the end radii, so for an isotropic prior (Gaussian, Student-t,
+    Cauchy, radial profiles: radius independent of a uniform direction) the path never leaves
+    the region the prior puts its mass on: it keeps a Gaussian's typical norm (as plain slerp
+    does) and, for heavy-tailed radius laws, moves through the log-radius instead of pulling a
+    far-out sample straight through the origin.
+    """
+    a = torch.linspace(0, 1, steps, dtype=torch.float64)
+    f0, f1 = x0.flatten(1).double(), x1.flatten(1).double()
+    r0, r1 = f0.norm(dim=1, keepdim=True), f1.norm(dim=1, keepdim=True)
+    u0, u1 = f0 / r0.clamp_min(1e-30), f1 / r1.clamp_min(1e-30)
+    theta = torch.arccos((u0 * u1).sum(1, keepdim=True).clamp(-1, 1))  # (B, 1)
+    out = []
+    for ai in a:
+        sin = torch.sin(theta)
+        w0 = torch.where(sin > 1e-6, torch.sin((1 - ai) * theta) / sin, 1 - ai)
+        w1 = torch.where(sin > 1e-6, torch.sin(ai * theta) / sin, ai)
+        u = w0 * u0 + w1 * u1
+        u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        r = r0 ** (1 - ai) * r1**ai
+        out.append((u * r).view_as(x0).to(x0.dtype))
+    return torch.stack(out)
+
+
+def sample_interpolation(module, solver, cfg: DictConfig, temperature: float,
+                         out_dir: Path) -> Path:
+    """``interpolate=true``: ``interpolate_pairs`` rows of ``interpolate_steps`` images decoded
+    from prior states interpolated between two prior draws (seed ``seed·100003 − 1``, apart from
+    the sample batches). Isotropic priors use :func:`polar_interpolation`; a prior that is not
+    isotropic (the uniform cube of ``physics=linear``) uses straight lines, which stay inside a
+    convex support. Writes ``interpolation.png`` and ``interpolation.npz`` (uint8 NHWC, rows
+    one after another)."""
+    pairs, steps = int(cfg.get("interpolate_pairs", 4)), int(cfg.get("interpolate_steps", 10))
+    if pairs < 1 or steps < 2:
+        raise UserError(f"interpolate_pairs must be >= 1 and interpolate_steps >= 2, got "
+                        f"{pairs} and {steps}")
+    g = torch.Generator().manual_seed(int(cfg.seed) * 100_003 - 1)
+    ends = temperature * module.sample_prior(2 * pairs, generator=g)
+    x0, x1 = ends[:pairs], ends[pairs:]
+    noise = getattr(module.field, "noise", None)
+    if noise is not None and not getattr(noise, "isotropic", True):
+        a = torch.linspace(0, 1, steps, dtype=x0.dtype, device=x0.device)
+        path = torch.stack([(1 - ai) * x0 + ai * x1 for ai in a])
+    else:
+        path = polar_interpolation(x0, x1, steps)
+    path = path.transpose(0, 1).reshape(pairs * steps, *x0.shape[1:])  # row = one pair
+    result = module.sample(x_T=path, solver=solver)
+    images = to_uint8_nhwc(result.x)
+    np.savez(out_dir / "interpolation.npz", samples=images, pairs=pairs, steps=steps,
+             nfe=result.nfe)
+    return save_image_grid(out_dir / "interpolation.png", images, nrow=steps)

@@ -165,7 +165,7 @@ class SampleScorer:
         channels = int(datamodule.data_shape[0])
         extractor = build_extractor(self.extractor_kind, self.inception_path,
                                     in_channels=channels).to(device or "cpu")
-        name = str(getattr(datamodule, "name", type(datamodule).__name__))
+        name = str(getattr(datamodule, "name", None) or type(datamodule).__name__)
         rank, world = dist_info()
         kwargs = dict(dataset=name, split=self._split(), cache_dir=self.cache_dir,
                       device=device)

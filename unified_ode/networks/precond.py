@@ -40,9 +40,13 @@ class Preconditioned(nn.Module):
         x_scaled = x * self.field.input_scale(t).view(shape)
         c_skip, c_out, c_in, c_noise = self.field.denoiser_coefficients(x, t, self.sigma_data)
         f = self.net(x_scaled * c_in.view(shape), c_noise)
-        if self.prediction == "normalized_field":
-            return f  # PFGM's normalised field: O(1) per coordinate by construction
         if self.prediction == "velocity":
             v_skip, v_out = self.field.velocity_coefficients(x, t, self.sigma_data)
             return v_skip.view(shape) * x + v_out.view(shape) * f
-        return c_skip.view(shape) * x_scaled + c_out.view(shape) * f
+        denoised = c_skip.view(shape) * x_scaled + c_out.view(shape) * f
+        if self.prediction != "denoiser":
+            # a field-specific kind that is a function of the denoiser (PFGM's normalised
+            # field): the skip connection keeps it exact as t -> 0, where an error in a raw
+            # output would be amplified by 1/t in the drift
+            return self.field.prediction_from_denoiser(x, t, denoised)
+        return denoised

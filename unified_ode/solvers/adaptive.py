@@ -44,6 +44,9 @@ class Dopri5(Solver):
                              f"{time_variable!r}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"solver.rtol and solver.atol must be positive, got {rtol}, {atol}")
+        if self.final_step and self.steps < 2:
+            raise ValueError("dopri5 with final_step needs solver.steps >= 2: its output grid "
+                             "must contain t_min before the final step to 0")
         self.rtol = float(rtol)
         self.atol = float(atol)
         self.time_variable = time_variable
@@ -56,7 +59,7 @@ class Dopri5(Solver):
         out_t = times[:-1] if denoise else times
         if len(out_t) < 2:
             raise ValueError("dopri5 needs a grid with t_min > 0 before the final step to 0 "
-                             "(use solver.steps >= 1 with final_step, or steps >= 1 without)")
+                             f"(at least 3 times), got {times.tolist()}")
         log = self.time_variable == "log"
         if log and bool(out_t.min() <= 0):
             raise ValueError("time_variable=log needs t > 0 on the adaptive part of the grid")

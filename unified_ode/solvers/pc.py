@@ -1,0 +1,141 @@
+"""Exponential Adams–Bashforth–Moulton in denoiser form, PEC mode (UniPC-style, no extra NFE).
+
+The exact step of an affine field from ``t_i`` to ``t_{i+1}`` (see :mod:`.affine`) is
+
+    x_{i+1} = (s_{i+1}/s_i) x_i + a_{i+1} ∫_0^h e^{−(h−u)} D(λ_i + u) du,   h = λ_{i+1} − λ_i.
+
+The integral of ``e^{−(h−u)}`` times the polynomial through denoiser values at nodes ``u_j``
+is a weighted sum ``Σ_j w_j D_j`` with weights exact for polynomials of degree ``< #nodes``
+(:func:`exp_weights`). The *predictor* extrapolates from the last ``order`` nodes (this is
+DPM-Solver++(kM)); the denoiser is then evaluated at the predicted state — the evaluation the
+next step needs anyway — and the *corrector* redoes the step with the polynomial that also
+interpolates that new value (one order higher, like UniPC's UniC). The next step reuses the
+denoiser value at the predicted state (PEC), so NFE = steps, as for the plain multistep
+solvers. No corrector on a step that ends at ``t = 0`` (the denoising step ``x_0 = a(0) D``)
+or on the very last step of a grid without it (its correction would cost one more call).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from unified_ode.solvers.base import Solver, step_time
+from unified_ode.solvers.multistep import LOWER_ORDER_FINAL_BELOW, _log
+
+
+def scaled_exp_moments(h: float, k: int) -> list[float]:
+    """``J_m = ∫_0^1 h e^{−h(1−v)} v^m dv`` for ``m < k`` (float64): a series for small ``h``
+    (no cancellation), the recursion ``J_m = 1 − (m/h) J_{m−1}`` from ``J_0 = 1 − e^{−h}``
+    otherwise; ``J_m = 1`` for ``h = ∞``."""
+    if math.isinf(h):
+        return [1.0] * k
+    if h < 0.5:
+        out = []
+        for m in range(k):
+            # h Σ_n (−h)^n m! / (n + m + 1)!
+            term = h * math.factorial(m) / math.factorial(m + 1)
+            total, n = 0.0, 0
+            while abs(term) > 1e-18 * max(abs(total), 1e-300) or n < 2:
+                total += term
+                n += 1
+                term *= -h / (n + m + 1)
+                if n > 60:
+                    break
+            out.append(total)
+        return out
+    out = [-math.expm1(-h)]
+    for m in range(1, k):
+        out.append(1.0 - m / h * out[-1])
+    return out
+
+
+def exp_weights(nodes: list[float], h: float) -> list[float]:
+    """Weights ``w_j`` with ``Σ_j w_j p(u_j) = ∫_0^h e^{−(h−u)} p(u) du`` for every polynomial
+    ``p`` of degree ``< len(nodes)``; ``nodes`` are distinct offsets ``u_j`` in ``λ`` from the
+    step's start (``0`` the current point, negative the past, ``h`` the end)."""
+    k = len(nodes)
+    moments = torch.tensor(scaled_exp_moments(h, k), dtype=torch.float64)
+    if k == 1:
+        return [float(moments[0])]
+    r = torch.tensor(nodes, dtype=torch.float64) / h
+    vander = torch.stack([r**m for m in range(k)])  # (m, j): r_j^m
+    return torch.linalg.solve(vander, moments).tolist()
+
+
+class ExpPC(Solver):
+    """Exponential multistep predictor of ``order`` (1–4) with an optional corrector of one
+    order higher (PEC), in denoiser form for affine fields; NFE = steps.
+
+    ``corrector: false`` gives the plain exponential Adams–Bashforth (DPM-Solver++(kM)).
+    ``lower_order_final``: with fewer than 15 steps the ``k``-th last step has predictor order
+    at most ``k``.
+    """
+
+    name = "exppc"
+    needs_denoiser = True
+
+    def __init__(self, steps: int = 18, *, order: int = 3, corrector: bool = True,
+                 lower_order_final: bool = True, **kwargs):
+        super().__init__(steps=steps, **kwargs)
+        if int(order) not in (1, 2, 3, 4):
+            raise ValueError(f"solver.order must be 1, 2, 3 or 4, got {order}")
+        self.order = int(order)
+        self.corrector = bool(corrector)
+        self.lower_order_final = bool(lower_order_final)
+
+    def _integrate_denoiser(self, denoiser, x, times, record, schedule):
+        a = [schedule.a(t) for t in times]
+        s = [schedule.s(t) for t in times]
+        lam = [_log(ai) - _log(si) if si > 0 else math.inf for ai, si in zip(a, s)]
+        history: list[tuple[float, object]] = []  # (lambda, D), newest last
+        den = None  # D at (the predicted) x_i, when the previous step already evaluated it
+        record(0, x, times[0])
+        n = len(times) - 1
+        for i in range(n):
+            if den is None:
+                den = denoiser(x, step_time(times, i, x))
+            history = [*history, (lam[i], den)][-self.order:] if math.isfinite(lam[i]) else []
+            if s[i + 1] == 0:  # the denoising step to t = 0
+                x, den = a[i + 1] * den, None
+                record(i + 1, x, times[i + 1], final=i == n - 1)
+                continue
+            h = lam[i + 1] - lam[i]
+            ratio, a1 = s[i + 1] / s[i], a[i + 1]
+            if not math.isfinite(h) or not history:  # from a = 0: the exact first-order step
+                x_pred = ratio * x + a1 * den
+                past = []
+            else:
+                p = len(history)
+                if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+                    p = min(p, n - i)
+                past = history[-p:]
+                x_pred = ratio * x + a1 * self._combine(past, lam[i], h)
+            if self.corrector and i + 1 < n:
+                den_next = denoiser(x_pred, step_time(times, i + 1, x))
+                if past and math.isfinite(lam[i + 1]):
+                    nodes = [*history[-self.order:], (lam[i + 1], den_next)]
+                    x = ratio * x + a1 * self._combine(nodes, lam[i], h)
+                else:
+                    x = x_pred
+                den = den_next
+            else:
+                x, den = x_pred, None
+            record(i + 1, x, times[i + 1], final=i == n - 1)
+        return x
+
+    @staticmethod
+    def _combine(nodes, lam0: float, h: float):
+        w = exp_weights([lj - lam0 for lj, _ in nodes], h)
+        out = w[0] * nodes[0][1]
+        for wj, (_, dj) in zip(w[1:], nodes[1:]):
+            out = out + wj * dj
+        return out
+
+    def describe(self) -> dict:
+        return {**super().describe(), "order": self.order, "corrector": self.corrector,
+                "lower_order_final": self.lower_order_final}
+
+
+__all__ = ["ExpPC", "exp_weights", "scaled_exp_moments"]
