@@ -1,0 +1,209 @@
+"""Framework overhead: our LightningModule against a bare PyTorch loop, same work, one run.
+
+    python bench/overhead.py                                   # toy2d MLP and digits U-Net
+    python bench/overhead.py --setups toy2d --steps 300 --rounds 5
+
+For each setup (a list of config overrides, composed exactly as ``train.py`` composes them):
+
+* **training step** — the same network, objective, Adam settings, learning-rate warm-up,
+  gradient clipping and the same pre-loaded batches, trained for ``--steps`` optimiser steps
+  (a) by a Lightning ``Trainer`` fitting our ``GenerativeODE`` (no logger, no checkpoints, no
+  progress bar, no callbacks: the framework's own cost, not that of the services one turns on),
+  and (b) by a hand-written loop: ``loss = objective(model, field, y); backward; clip; step;
+  scheduler.step``. The time per step is measured between the end of a warm-up step and the
+  end of the last step, so start-up (process groups, data loader workers, the first
+  allocations) is excluded from both.
+* **sampling call** — ``GenerativeODE.sample`` (solver from the config: our ``Heun`` with its
+  NFE bookkeeping, EMA switch, eval mode) against a bare Heun loop calling
+  ``field.drift(x, t, model(x, t))`` on the same grid and prior states.
+
+The two sides alternate for ``--rounds`` rounds and the table shows medians; the ratio is
+ours / bare (1.00 = no overhead). Targets: ≤ 1.05 for training steps, ≤ 1.02 for sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SETUPS = {
+    "toy2d": [],  # the default run: MLP on the checkerboard, batch 512
+    "digits": ["experiment=digits_poisson"],  # unet_small on 8x8 digits, batch 64
+}
+TRAIN_TARGET, SAMPLE_TARGET = 1.05, 1.02
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides,
+                             return_hydra_config=True)
+
+
+def fixed_batches(datamodule, n: int) -> list[torch.Tensor]:
+    """``n`` training batches, drawn once, so both loops see the same tensors."""
+    datamodule.setup("fit")
+    out: list[torch.Tensor] = []
+    while len(out) < n:
+        for batch in datamodule.train_dataloader():
+            out.append((batch[0] if isinstance(batch, (list, tuple)) else batch).clone())
+            if len(out) == n:
+                break
+    return out
+
+
+class _StepClock:
+    """Lightning callback: wall time from the end of step ``warmup`` to the end of training."""
+
+    def __init__(self, warmup: int):
+        import lightning as L
+
+        class Clock(L.Callback):
+            def on_train_batch_end(cb, trainer, *args):  # noqa: N805
+                if trainer.global_step == warmup:
+                    self.start = time.perf_counter()
+
+            def on_train_end(cb, trainer, pl_module):  # noqa: N805
+                self.stop = time.perf_counter()
+
+        self.callback = Clock()
+        self.start = self.stop = None
+
+
+def lightning_steps(module, batches, warmup: int, clip) -> float:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    clock = _StepClock(warmup)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[clock.callback],
+                        gradient_clip_val=clip, gradient_clip_algorithm="norm",
+                        num_sanity_val_steps=0)
+    loader = DataLoader(batches, batch_size=None, shuffle=False)
+    trainer.fit(module, train_dataloaders=loader)
+    return (clock.stop - clock.start) / (len(batches) - warmup)
+
+
+def bare_steps(module, batches, warmup: int, clip) -> float:
+    """The hand-written loop, with the optimiser and scheduler our module configures."""
+    model, field, objective = module.model, module.field, module.objective
+    conf = module.configure_optimizers()
+    opt = conf["optimizer"] if isinstance(conf, dict) else conf
+    sched = conf["lr_scheduler"]["scheduler"] if isinstance(conf, dict) else None
+    model.train()
+    start = None
+    for i, y in enumerate(batches, start=1):
+        loss = objective(model, field, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if i == warmup:
+            start = time.perf_counter()
+    return (time.perf_counter() - start) / (len(batches) - warmup)
+
+
+def bare_heun(model, field, x, times) -> torch.Tensor:
+    with torch.no_grad():
+        for i in range(len(times) - 1):
+            t0, t1 = times[i], times[i + 1]
+            h = float(t1 - t0)
+            d = field.drift(x, t0.expand(x.shape[0]), model(x, t0.expand(x.shape[0])))
+            x_next = x + h * d
+            if float(t1) != 0:
+                tb = t1.expand(x.shape[0])
+                x_next = x + 0.5 * h * (d + field.drift(x_next, tb, model(x_next, tb)))
+            x = x_next
+    return x
+
+
+def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: int,
+            n_samples: int) -> dict:
+    from unified_ode.app.build import build_module
+
+    cfg = compose(overrides + [f"trainer.max_steps={steps}"])
+    module, dm = build_module(cfg)
+    clip = cfg.trainer.get("gradient_clip_val")
+    batches = fixed_batches(dm, steps)
+    initial = copy.deepcopy(module.state_dict())
+    x_T = module.sample_prior(n_samples, generator=torch.Generator().manual_seed(0))
+    times = module.solver.time_grid(module.field).to(x_T.dtype)
+
+    ours_t, bare_t, ours_s, bare_s = [], [], [], []
+    for _ in range(rounds):
+        for which in ("ours", "bare"):
+            torch.manual_seed(0)
+            module.load_state_dict(initial)
+            if which == "ours":
+                ours_t.append(lightning_steps(module, batches, warmup, clip))
+            else:
+                bare_t.append(bare_steps(module, batches, warmup, clip))
+        module.eval()
+        start = time.perf_counter()
+        res = module.sample(x_T=x_T, ema=False)
+        ours_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        x_bare = bare_heun(module.model, module.field, x_T, times)
+        bare_s.append(time.perf_counter() - start)
+        if not torch.allclose(res.x, x_bare, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"{name}: the bare Heun loop does not reproduce sample(); the "
+                               "comparison would not be like for like")
+    med = statistics.median
+    return {"setup": name, "overrides": " ".join(overrides) or "(defaults)",
+            "batch": int(batches[0].shape[0]), "params": module.num_parameters(),
+            "train_ours_ms": 1e3 * med(ours_t), "train_bare_ms": 1e3 * med(bare_t),
+            "sample_ours_s": med(ours_s), "sample_bare_s": med(bare_s), "nfe": res.nfe,
+            "n_samples": n_samples}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setups", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per timing")
+    parser.add_argument("--warmup", type=int, default=20, help="steps excluded from timing")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating repetitions")
+    parser.add_argument("--samples", type=int, default=1000, help="samples per sampling call")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.warmup >= args.steps:
+        parser.error("--warmup must be smaller than --steps")
+
+    rows = [measure(s, SETUPS[s], args.steps, args.warmup, args.rounds, args.samples)
+            for s in args.setups]
+    command = "python bench/overhead.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:]
+                                            else "")
+    print(f"\n`{command}` — {torch.get_num_threads()} torch thread(s), medians of "
+          f"{args.rounds} alternating rounds, {args.steps - args.warmup} timed steps each\n")
+    print("| setup | params | batch | train step: ours / bare (ms) | ratio | "
+          "sampling: ours / bare (s) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        tr = r["train_ours_ms"] / r["train_bare_ms"]
+        sr = r["sample_ours_s"] / r["sample_bare_s"]
+        print(f"| {r['setup']} (`{r['overrides']}`) | {r['params']:,} | {r['batch']} | "
+              f"{r['train_ours_ms']:.2f} / {r['train_bare_ms']:.2f} | {tr:.3f}"
+              f"{'' if tr <= TRAIN_TARGET else ' (target ≤ 1.05 missed)'} | "
+              f"{r['sample_ours_s']:.3f} / {r['sample_bare_s']:.3f} "
+              f"({r['n_samples']} samples, NFE {r['nfe']}) | {sr:.3f}"
+              f"{'' if sr <= SAMPLE_TARGET else ' (target ≤ 1.02 missed)'} |")
+
+
+if __name__ == "__main__":
+    main()
