@@ -45,6 +45,7 @@ from unified_ode.data.toy2d import toy_samples  # noqa: E402
 from unified_ode.physics import ExactPosterior  # noqa: E402
 from unified_ode.solvers import (  # noqa: E402
     RK4,
+    AdamsBashforth,
     Dopri5,
     DPMSolverPP2M,
     DPMSolverPP3M,
@@ -70,6 +71,7 @@ OURS = {
     "dpmpp3m": (DPMSolverPP3M, lambda nfe: nfe),
     "exppc2": (lambda steps: ExpPC(steps=steps, order=2), lambda nfe: nfe),
     "exppc3": (lambda steps: ExpPC(steps=steps, order=3), lambda nfe: nfe),
+    "lms": (AdamsBashforth, lambda nfe: nfe),
 }
 # k-diffusion samplers: function name, steps for an NFE budget (its Heun also skips the last
 # correction, so 2N − 1 calls)

@@ -37,20 +37,30 @@ def _log(v: float) -> float:
 class DPMSolverPP(Solver):
     """DPM-Solver++ multistep of ``order`` 1, 2 or 3 in denoiser form (affine fields only).
 
-    Extra parameters: ``order``; ``lower_order_final`` (see the module docstring). The other
-    parameters are :class:`Solver`'s.
+    Extra parameters: ``order``; ``lower_order_final`` (see the module docstring);
+    ``second_order`` (order-2 steps only): ``"midpoint"`` (default) is the multistep update of
+    Lu et al.'s DPM-Solver++(2M) algorithm, ``x' = (s'/s) x − a' φ₁ [(1 + 1/(2r)) D₀ − D₋₁/(2r)]``
+    with ``r = h₋₁/h``, which evaluates the slope at the step's midpoint in λ (measured more
+    accurate at few steps); ``"taylor"`` expands at the current point, ``a' (h + φ₁) D_λ``.
+    The two agree to second order. The other parameters are :class:`Solver`'s.
     """
 
     name = "dpmpp"
     needs_denoiser = True
 
+    SECOND_ORDER = ("midpoint", "taylor")
+
     def __init__(self, steps: int = 18, *, order: int = 2, lower_order_final: bool = True,
-                 **kwargs):
+                 second_order: str = "midpoint", **kwargs):
         super().__init__(steps=steps, **kwargs)
         if int(order) not in (1, 2, 3):
             raise ValueError(f"solver.order must be 1, 2 or 3, got {order}")
+        if second_order not in self.SECOND_ORDER:
+            raise ValueError(f"solver.second_order must be one of {self.SECOND_ORDER}, got "
+                             f"{second_order!r}")
         self.order = int(order)
         self.lower_order_final = bool(lower_order_final)
+        self.second_order = second_order
 
     def _integrate_denoiser(self, denoiser, x, times, record, schedule):
         a = [schedule.a(t) for t in times]
@@ -73,21 +83,25 @@ class DPMSolverPP(Solver):
                 order = len(history) if math.isfinite(h) else 1
                 if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
                     order = min(order, n - i)
-                x = self._step(x, den, history, max(order, 1), h, s[i + 1] / s[i], a[i + 1])
+                x = self._step(x, den, history, max(order, 1), h, s[i + 1] / s[i], a[i + 1],
+                               self.second_order == "midpoint")
             record(i + 1, x, times[i + 1], final=i == n - 1)
         return x
 
     @staticmethod
-    def _step(x, den, history, order, h, ratio, a_next):
+    def _step(x, den, history, order, h, ratio, a_next, midpoint=True):
         phi1 = math.expm1(-h)  # −1 when h = ∞
         x_next = ratio * x - (a_next * phi1) * den
         if order == 1:
             return x_next
-        # h φ₂ = h + φ₁ and h² φ₃ = h + φ₁ − h²/2, in float64.
-        c1 = a_next * (h + phi1)
         (l0, d0), (l1, d1) = history[-1], history[-2]
         h0 = l0 - l1
         slope = (d0 - d1) / h0  # D[0, −1]
+        if order == 2 and midpoint:
+            # −a' φ₁ (D₀ + (h/2) slope): the slope weighted at the midpoint of the step
+            return x_next - (a_next * phi1 * 0.5 * h) * slope
+        # h φ₂ = h + φ₁ and h² φ₃ = h + φ₁ − h²/2, in float64.
+        c1 = a_next * (h + phi1)
         if order == 2:
             return x_next + c1 * slope
         l2, d2 = history[-3]
@@ -100,7 +114,8 @@ class DPMSolverPP(Solver):
 
     def describe(self) -> dict:
         return {**super().describe(), "order": self.order,
-                "lower_order_final": self.lower_order_final}
+                "lower_order_final": self.lower_order_final,
+                **({"second_order": self.second_order} if self.order == 2 else {})}
 
 
 class DPMSolverPP2M(DPMSolverPP):
@@ -108,8 +123,10 @@ class DPMSolverPP2M(DPMSolverPP):
 
     name = "dpmpp2m"
 
-    def __init__(self, steps: int = 18, *, lower_order_final: bool = True, **kwargs):
-        super().__init__(steps=steps, order=2, lower_order_final=lower_order_final, **kwargs)
+    def __init__(self, steps: int = 18, *, lower_order_final: bool = True,
+                 second_order: str = "midpoint", **kwargs):
+        super().__init__(steps=steps, order=2, lower_order_final=lower_order_final,
+                         second_order=second_order, **kwargs)
 
 
 class DPMSolverPP3M(DPMSolverPP):
