@@ -1,0 +1,158 @@
+"""bench/case_study.py end to end on a tiny configuration: real train.py runs (subprocesses),
+real scoring, the report's tables, resuming, and the never-overwrite guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from tests.conftest import CONF, run_script
+
+FIELDS = ["poisson", "radial_general"]  # an affine field and one without a denoiser form
+NFE = [3, 6]
+N = 128
+
+
+def study_args(tmp, *extra: str) -> list[str]:
+    return ["--smoke", "--fields", ",".join(FIELDS), "--seeds", "0,1", "--steps", "12",
+            "--nfe", ",".join(map(str, NFE)), "--solvers", "euler,dpmpp2m", "--n", str(N),
+            "--likelihood-n", "16", "--probe-euler", "2,4", "--probe-noise", "0,0.2",
+            "--out", str(tmp / "report" / "results.md"), "--root", str(tmp / "root"),
+            *extra, "network.width=16", "network.depth=1", "dataset.n_train=1024",
+            "dataset.n_heldout=256", "dataset.batch_size=128", "~callbacks.figures",
+            "trainer.log_every_n_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("case")
+    proc = run_script("bench/case_study.py", *study_args(tmp), timeout=300)
+    return tmp, proc
+
+
+def md_tables(text: str) -> dict[str, list[list[str]]]:
+    """``heading -> rows`` (header first) of every markdown table, keyed by the heading or the
+    bold line above it."""
+    tables, title, current = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("#") or (line.startswith("**") and line.endswith("**")):
+            title, current = line.strip("#* "), None
+        elif line.startswith("|"):
+            if current is None:
+                current = tables.setdefault(title, [])
+            if not line.startswith("|---"):
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            current = None
+    return tables
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", cell)]
+
+
+@pytest.mark.slow
+def test_case_study_report_tables(study):
+    tmp, proc = study
+    text = (tmp / "report" / "results.md").read_text()
+    tables = md_tables(text)
+    main = tables[f"sw@{N} of the best solver at each NFE budget"]
+    assert main[0] == ["field", *[f"NFE ≤ {n}" for n in NFE], "adaptive", "bits/dim",
+                       "train s"]
+    assert [r[0] for r in main[1:]] == FIELDS
+    for row in main[1:]:
+        for cell in row[1:]:
+            vals = numbers(cell)
+            assert vals and all(math.isfinite(v) for v in vals), (row, cell)
+        for cell in row[1:3]:  # mean ± std (two seeds) (solver NFE)
+            assert re.fullmatch(r"\S+ ± \S+ \((euler|dpmpp2m) \d+\)", cell), cell
+    # denoiser-form solvers do not apply to the non-affine field: n/a, not a crash
+    dpm = tables["dpmpp2m"]
+    assert dpm[2] == ["radial_general", "n/a", "n/a"]
+    assert all(numbers(c) for c in dpm[1][1:])
+    euler = tables["euler"]
+    assert [numbers(c)[-1] for c in euler[1][1:]] == NFE  # measured NFE = the budget
+    assert tables["Probe: Euler step count"][0] == ["field", "2 steps", "4 steps"]
+    assert tables["Probe: noise on the network's prediction"][0] == ["field", "ε = 0",
+                                                                      "ε = 0.2"]
+    for name in ("nfe", "probes", "trajectories"):
+        assert (tmp / "report" / f"results_checkerboard_{name}.png").stat().st_size > 5000
+    assert "best at NFE ≤ 10:" in proc.stdout and "best quality" in proc.stdout
+
+
+@pytest.mark.slow
+def test_case_study_numbers_match_the_cached_scores_and_task_evaluate(study):
+    """The table's mean ± std is that of the seeds' scores, the findings pick the minimum,
+    and a cached score equals what ``sample.py task=evaluate`` computes for the same run."""
+    tmp, _ = study
+    raw = json.loads((tmp / "report" / "results.json").read_text())
+    seeds = raw["results"]["checkerboard"]["poisson"]
+    vals = [seeds[s]["cells"]["euler-s3"]["metrics"][f"sw@{N}"] for s in ("0", "1")]
+    text = (tmp / "report" / "results.md").read_text()
+    row = next(r for r in md_tables(text)["euler"] if r[0] == "poisson")
+    mean, std, nfe = numbers(row[1])
+    assert mean == pytest.approx(np.mean(vals), rel=1e-3)
+    assert std == pytest.approx(np.std(vals, ddof=1), rel=2e-2)
+    assert nfe == 3
+    few = raw["findings"]["checkerboard"]["few_nfe"]
+    assert few[0]["mean"] == min(f["mean"] for f in few)
+
+    from hydra import compose, initialize_config_dir
+
+    from unified_ode.app.sample import register_resolvers, run_task
+
+    register_resolvers()
+    run_dir = tmp / "root" / "runs" / "checkerboard" / "poisson" / "seed0"
+    args = ["task=evaluate", f"run={run_dir}", "solver=euler", "solver.steps=3", f"n={N}",
+            f"batch_size={N}", "seed=1234"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        result = run_task(compose(config_name="sample", overrides=args), args,
+                          tmp / "evaluate")
+    assert result["ema"] is True
+    assert result["metrics"][f"sw@{N}"] == pytest.approx(vals[0], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_case_study_resumes_and_never_overwrites(study):
+    tmp, _ = study
+    before = (tmp / "report" / "results.md").read_text()
+    again = run_script("bench/case_study.py", *study_args(tmp), timeout=120)
+    assert "[train]" not in again.stdout and "[eval]" not in again.stdout
+    after = (tmp / "report" / "results.md").read_text()
+    strip = re.compile(r"- Wall time.*\n")
+    assert strip.sub("", after) == strip.sub("", before)
+    # another budget on the same root is refused, nothing is retrained
+    other = run_script("bench/case_study.py", *study_args(tmp, "--steps", "13"), timeout=120,
+                       check=False)
+    assert other.returncode != 0
+    assert "never overwritten" in other.stderr
+    marker = tmp / "root" / "runs" / "checkerboard" / "poisson" / "seed0"
+    assert json.loads((marker / "case_study_train.json").read_text())["overrides"][-1] == \
+        "seed=0"
+
+
+def test_likelihood_of_image_shaped_data():
+    """Regression (found by the case study's digits bits/dim): the ODE state of
+    ``log_likelihood`` for ``(B, C, H, W)`` data was ``(B, 2d)`` instead of ``(B, d + 1)``.
+    With the drift ``x / t`` (VE with denoiser 0) the ODE is solved in closed form:
+    ``x_T = x · T / t0`` and ``log p(x) = log prior(x_T) + d · ln(T / t0)``."""
+    import torch
+
+    from unified_ode.physics import VEField
+    from unified_ode.solvers.likelihood import log_likelihood
+
+    field = VEField(t_min=0.01, t_max=10.0)
+    x = torch.randn(5, 1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = log_likelihood(lambda y, t: y / t, field, x, divergence="exact", rtol=1e-8,
+                         atol=1e-8)
+    expected = field.prior_log_prob(x * 1000.0) + 6 * math.log(1000.0)
+    assert res.x_T.shape == x.shape
+    torch.testing.assert_close(res.x_T, x * 1000.0, rtol=1e-5, atol=0)
+    torch.testing.assert_close(res.log_prob, expected, rtol=1e-6, atol=1e-5)
+    flat = log_likelihood(lambda y, t: y / t, field, x.flatten(1), divergence="hutchinson",
+                          rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(flat.log_prob, expected, rtol=1e-6, atol=1e-5)
