@@ -156,7 +156,7 @@ def log_likelihood(drift: Drift, field, x: Tensor, *, divergence: str = "auto",
         out = torch.cat([f.flatten(1), div[:, None]], dim=1)
         return t * out if log else out
 
-    state0 = torch.cat([x.detach().flatten(1), torch.zeros_like(x[:, :1].flatten(1))], dim=1)
+    state0 = torch.cat([x.detach().flatten(1), x.new_zeros(b, 1)], dim=1)  # (B, d + 1)
     u = torch.tensor([t0, t1], dtype=torch.float64)
     u = (u.log() if log else u).to(x.device)
     first_step, f0 = initial_step(rate, u[0], u[1], state0, rtol, atol)
