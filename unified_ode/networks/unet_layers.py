@@ -100,16 +100,16 @@ def conv(cin: int, cout: int, k: int = 3, *, stride: int = 1, padding: int | Non
     """A ``k×k`` convolution, Xavier-uniform initialised (or zero when ``zero``, for the last
     layer of a residual branch, as score-SDE's ``init_scale=0``)."""
     layer = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2 if padding is None else padding)
-    if zero:
-        nn.init.zeros_(layer.weight)
-    else:
-        nn.init.xavier_uniform_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
+    return _initialised(layer, zero)
 
 
 def linear(cin: int, cout: int, *, zero: bool = False) -> nn.Linear:
-    layer = nn.Linear(cin, cout)
+    """A dense layer, initialised as :func:`conv`."""
+    return _initialised(nn.Linear(cin, cout), zero)
+
+
+def _initialised(layer, zero: bool):
+    """Xavier-uniform weights (zeros when ``zero``) and zero bias, in place; returns ``layer``."""
     if zero:
         nn.init.zeros_(layer.weight)
     else:
