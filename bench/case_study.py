@@ -78,6 +78,7 @@ STEPS_FOR_NFE = {
     "dpmpp2m": lambda nfe: nfe,
     "dpmpp3m": lambda nfe: nfe,
     "exppc": lambda nfe: nfe,
+    "lms": lambda nfe: nfe,
 }
 FEW_NFE = 10
 NOT_RANKED = ("is",)
