@@ -54,6 +54,11 @@ def test_sample_reloads_the_run(trained_run, tmp_path, solver, steps, nfe):
     assert np.isfinite(data["samples"]).all()
     assert list(data["nfe"]) == [nfe, nfe]  # two batches
     assert (out / "samples.png").is_file()
+    # the run's checkpoint holds EMA weights (callbacks.ema), and sampling uses them
+    import json
+
+    assert json.loads((out / "sample_info.json").read_text())["weights"] == "ema"
+    assert "EMA weights" in proc.stdout
     # the same output directory is never overwritten
     again = run_script("sample.py", f"run={run_dir}", "n=10", f"out_dir={out}", check=False)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr

@@ -3,7 +3,7 @@
 ``python sample.py task=evaluate run=<run dir> n=2000 [solver=...] [+metrics.extractor=...]``
 
 Generates ``n`` samples from fixed noise (seed ``seed``, batches of ``batch_size``) with the
-run's EMA weights when its checkpoint has them (``+ema=false``: the raw weights), scores them
+run's EMA weights when its checkpoint has them (``ema=false``: the raw weights), scores them
 exactly as the training-time metrics callback does (:class:`SampleScorer`: ``sw@n``/``mmd@n``
 for points, ``fid@n``/``kid@n``/``is@n`` for images) and writes ``metrics.json`` and
 ``samples.npz`` into the output directory. Options of the scorer go under ``metrics.``
@@ -48,7 +48,7 @@ def evaluate_task(cfg: DictConfig, loaded, out_dir: Path) -> dict:
     if unknown:
         raise UserError(f"unknown metrics option(s) {', '.join(unknown)}; known: "
                         f"{', '.join(SCORER_KEYS)}")
-    used_ema = bool(cfg.get("ema", True)) and load_ema_weights(module, loaded.checkpoint)
+    used_ema = loaded.ema  # load_model put the EMA weights in unless ema=false
     scorer = SampleScorer(n_samples=int(cfg.n), batch_size=int(cfg.batch_size),
                           seed=int(cfg.seed), **options)
     scorer.prepare(datamodule, device=module.device)

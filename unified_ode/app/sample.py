@@ -88,6 +88,7 @@ class Loaded:
     datamodule: object
     config: DictConfig
     checkpoint: Path | None
+    ema: bool = False  # the module holds the checkpoint's EMA weights
 
 
 def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
@@ -103,10 +104,15 @@ def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
             raise UserError("nothing to sample from: pass run=<training run dir>, "
                             "ckpt_path=<file.ckpt>, or network=exact for the exact field.")
     module, datamodule = build_module(mcfg)
+    used_ema = False
     if ckpt is not None:
         load_weights(module, ckpt, f"network={mcfg.network.get('_target_')}")
+        if bool(cfg.get("ema", True)):
+            from unified_ode.app.evaluate import load_ema_weights
+
+            used_ema = load_ema_weights(module, ckpt)
     module.eval()
-    return Loaded(module, datamodule, mcfg, ckpt)
+    return Loaded(module, datamodule, mcfg, ckpt, used_ema)
 
 
 def run_task(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path) -> dict:
@@ -159,7 +165,7 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
         np.savez(out_dir / SAMPLES_FILE, samples=samples.numpy(), nfe=np.array(nfes),
                  times=first.times.numpy(), seed=seed, temperature=temperature)
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
-            "temperature": temperature,
+            "temperature": temperature, "weights": "ema" if loaded.ema else "raw",
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
             "run": cfg.run, "field": module.field.describe(), "solver": solver.describe(),
             "grid": first.times.tolist()}
@@ -178,7 +184,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
             figure = f"{figure}, {strip}"
     nfe_text = str(nfes[0]) if len(set(nfes)) == 1 else f"{nfes} (per batch)"
     print(f"NFE: {nfe_text}")
-    print(f"wall time: {seconds:.3f} s for {n} samples ({len(nfes)} batch(es))")
+    print(f"wall time: {seconds:.3f} s for {n} samples ({len(nfes)} batch(es)), "
+          f"{'EMA' if loaded.ema else 'raw'} weights")
     print(f"wrote {out_dir / SAMPLES_FILE}" + (f" and {figure}" if figure else ""))
     return {"out_dir": str(out_dir), "nfe": nfes, "seconds": seconds, "samples": samples}
 
