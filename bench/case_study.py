@@ -16,7 +16,7 @@ A thin driver over the project's own commands:
    continued with ``resume=true``, and a run directory trained with other overrides is refused,
    never overwritten: the study resumes where it stopped.
 2. **evaluate** — each run is loaded as ``sample.py`` loads it (``load_model``) with its EMA
-   weights (``load_ema_weights``) and scored by :class:`SampleScorer` exactly as
+   weights and scored by :class:`SampleScorer` exactly as
    ``sample.py task=evaluate`` does (``sw@n``/``mmd@n`` for points against held-out data,
    ``fid@n``/``kid@n``/``is@n`` for images with the Inception weights), for every solver at
    every NFE budget (the most steps whose NFE fits) and with the adaptive solver; bits/dim
@@ -399,14 +399,13 @@ class Loader:
 
     def get(self):
         if self.loaded is None:
-            from unified_ode.app.evaluate import load_ema_weights
             from unified_ode.app.sample import load_model
 
             cfg = self.compose("task=evaluate")
             with initialize_hydra():
                 self.loaded = load_model(cfg, [])
             self.loaded.module.to(self.device)
-            self.ema = load_ema_weights(self.loaded.module, self.loaded.checkpoint)
+            self.ema = self.loaded.ema  # load_model loads the EMA weights when present
             if not self.ema:
                 log(f"  (no EMA weights in {self.loaded.checkpoint}: raw weights)")
         return self.loaded

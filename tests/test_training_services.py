@@ -199,7 +199,7 @@ def test_ema_weights_sample_and_go_into_the_checkpoint(tmp_path):
     from hydra.utils import instantiate
 
     from unified_ode.app.build import build_module
-    from unified_ode.app.evaluate import load_ema_weights
+    from unified_ode.app.runs import load_weights
 
     cfg = compose_plain("train", MODULE_TINY + [f"run_dir={tmp_path}"])
     ema = instantiate(cfg.callbacks.ema, half_life_images=None, decay=0.8, warmup="none")
@@ -233,7 +233,7 @@ def test_ema_weights_sample_and_go_into_the_checkpoint(tmp_path):
     without = module.sample(x_T=x_T.clone(), ema=False).x
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in raw.items())  # restored
     fresh, _ = build_module(cfg)
-    assert load_ema_weights(fresh, path)  # what sample.py task=evaluate does
+    assert load_weights(fresh, path, "mlp", ema=True)  # what every sample.py task does
     assert torch.equal(fresh.sample(x_T=x_T.clone()).x, with_ema)
     assert (with_ema - without).abs().max() > 1e-4
 

@@ -27,19 +27,6 @@ SCORER_KEYS = ("reference_split", "n_reference", "extractor", "inception_path", 
                "kid_subset_size", "inception_score")
 
 
-def load_ema_weights(module, checkpoint: Path | None) -> bool:
-    """Put the checkpoint's EMA weights into ``module``; False when it has none."""
-    if checkpoint is None:
-        return False
-    from unified_ode.lit.ema import ema_state_dict
-
-    state = ema_state_dict(checkpoint)
-    if state is None:
-        return False
-    module.load_state_dict(state, strict=True)
-    return True
-
-
 def evaluate_task(cfg: DictConfig, loaded, out_dir: Path) -> dict:
     module, datamodule, mcfg = loaded.module, loaded.datamodule, loaded.config
     section = cfg.get("metrics")
@@ -48,7 +35,6 @@ def evaluate_task(cfg: DictConfig, loaded, out_dir: Path) -> dict:
     if unknown:
         raise UserError(f"unknown metrics option(s) {', '.join(unknown)}; known: "
                         f"{', '.join(SCORER_KEYS)}")
-    used_ema = loaded.ema  # load_model put the EMA weights in unless ema=false
     scorer = SampleScorer(n_samples=int(cfg.n), batch_size=int(cfg.batch_size),
                           seed=int(cfg.seed), **options)
     scorer.prepare(datamodule, device=module.device)
@@ -57,11 +43,11 @@ def evaluate_task(cfg: DictConfig, loaded, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "samples.npz", samples=samples.numpy(), nfe=np.array([metrics["nfe"]]),
              seed=int(cfg.seed))
-    info = {"metrics": metrics, "primary": scorer.primary(scorer.kind), "ema": used_ema,
+    info = {"metrics": metrics, "primary": scorer.primary(scorer.kind), "ema": loaded.ema,
             "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
             "run": cfg.run, "solver": solver.describe(), "n": int(cfg.n), "seed": int(cfg.seed)}
     (out_dir / "metrics.json").write_text(json.dumps(info, indent=2))
     for name, value in metrics.items():
         print(f"{name}: {value:.6g}")
-    print(f"weights: {'EMA' if used_ema else 'raw'}; wrote {out_dir / 'metrics.json'}")
+    print(f"weights: {'EMA' if loaded.ema else 'raw'}; wrote {out_dir / 'metrics.json'}")
     return {"out_dir": str(out_dir), **info}

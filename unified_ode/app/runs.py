@@ -38,8 +38,9 @@ def default_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
-def load_state_dict(path: str | Path) -> dict:
-    """The ``state_dict`` of a Lightning checkpoint, loaded safely (``weights_only=True``)."""
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint, loaded safely (``weights_only=True``) and checked to hold a
+    ``state_dict``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist. Pass ckpt_path=<file.ckpt> "
@@ -52,13 +53,24 @@ def load_state_dict(path: str | Path) -> dict:
                         "checkpoint written by unified_ode, and complete?") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict').")
-    return ckpt["state_dict"]
+    return ckpt
 
 
-def load_weights(module: torch.nn.Module, path: str | Path, network_desc: str) -> None:
-    """Load a checkpoint into ``module``; a mismatch with the configured network is a
+def load_state_dict(path: str | Path) -> dict:
+    """The ``state_dict`` of a Lightning checkpoint, loaded safely (``weights_only=True``)."""
+    return read_checkpoint(path)["state_dict"]
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, network_desc: str, *,
+                 ema: bool = False) -> bool:
+    """Load a checkpoint into ``module`` (the file is read once); with ``ema``, its EMA
+    weights when it holds them (:data:`~unified_ode.lit.ema.EMA_KEY`), else the raw ones.
+    Returns whether the EMA weights were loaded. A mismatch with the configured network is a
     :class:`UserError` that names the differing parameters."""
-    state = load_state_dict(path)
+    from unified_ode.lit.ema import EMA_KEY
+
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -77,4 +89,6 @@ def load_weights(module: torch.nn.Module, path: str | Path, network_desc: str) -
                         f"({network_desc}): " + ", ".join(parts) + ". Drop your network "
                         "overrides so the run's own network is used, or pass the checkpoint "
                         "of a run with this network.")
-    module.load_state_dict(state, strict=True)
+    ema_state = ckpt.get(EMA_KEY) if ema else None
+    module.load_state_dict(state if ema_state is None else ema_state, strict=True)
+    return ema_state is not None

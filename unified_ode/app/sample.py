@@ -106,11 +106,8 @@ def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
     module, datamodule = build_module(mcfg)
     used_ema = False
     if ckpt is not None:
-        load_weights(module, ckpt, f"network={mcfg.network.get('_target_')}")
-        if bool(cfg.get("ema", True)):
-            from unified_ode.app.evaluate import load_ema_weights
-
-            used_ema = load_ema_weights(module, ckpt)
+        used_ema = load_weights(module, ckpt, f"network={mcfg.network.get('_target_')}",
+                                ema=bool(cfg.get("ema", True)))
     module.eval()
     return Loaded(module, datamodule, mcfg, ckpt, used_ema)
 
@@ -158,12 +155,10 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     samples = torch.cat(chunks)
 
-    if images:  # uint8 NHWC, the layout FID tools read
-        np.savez(out_dir / SAMPLES_FILE, samples=to_uint8_nhwc(samples), nfe=np.array(nfes),
-                 times=first.times.numpy(), seed=seed, temperature=temperature)
-    else:
-        np.savez(out_dir / SAMPLES_FILE, samples=samples.numpy(), nfe=np.array(nfes),
-                 times=first.times.numpy(), seed=seed, temperature=temperature)
+    # images as uint8 NHWC, the layout FID tools read
+    stored = to_uint8_nhwc(samples) if images else samples.numpy()
+    np.savez(out_dir / SAMPLES_FILE, samples=stored, nfe=np.array(nfes),
+             times=first.times.numpy(), seed=seed, temperature=temperature)
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
             "temperature": temperature, "weights": "ema" if loaded.ema else "raw",
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
