@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -68,18 +69,6 @@ sys.path.insert(0, str(ROOT))
 
 TRAIN_MARKER = "case_study_train.json"
 TRAIN_LOG = "case_study_train.out"
-#: Solvers in denoiser form: only for affine fields (x = a(t) y + s(t) eps).
-DENOISER_FORM = ("dpmpp2m", "dpmpp3m", "exppc")
-#: Steps of a grid solver that fit an NFE budget (NFE formulas in conf/solver/*.yaml).
-STEPS_FOR_NFE = {
-    "euler": lambda nfe: nfe,
-    "heun": lambda nfe: (nfe + 1) // 2,
-    "rk4": lambda nfe: (nfe - 1) // 4 + 1,
-    "dpmpp2m": lambda nfe: nfe,
-    "dpmpp3m": lambda nfe: nfe,
-    "exppc": lambda nfe: nfe,
-    "lms": lambda nfe: nfe,
-}
 FEW_NFE = 10
 NOT_RANKED = ("is",)
 
@@ -91,11 +80,18 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+@functools.cache
+def solver_kind(name: str):
+    """The solver ``conf/solver/<name>.yaml`` builds, at its configured settings: the one place
+    its NFE per step (:meth:`Solver.steps_within`) and form (``needs_denoiser``) come from."""
+    return build_solver(name)
+
+
 def steps_for(solver: str, nfe: int) -> int:
-    if solver not in STEPS_FOR_NFE:
-        raise SystemExit(f"solver {solver!r} has no NFE rule; grid solvers: "
-                         f"{', '.join(STEPS_FOR_NFE)}")
-    return max(1, STEPS_FOR_NFE[solver](int(nfe)))
+    try:
+        return solver_kind(solver).steps_within(int(nfe))
+    except ValueError as err:
+        raise SystemExit(f"solver {solver!r} cannot be given an NFE budget: {err}") from err
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -442,7 +438,7 @@ def evaluate(study: Study, run: Run, device: str) -> None:
                   "kind": scorer.kind, "primary": scorer.primary(scorer.kind),
                   "ema": loader.ema, "params": module.num_parameters(),
                   "code": CODE_VERSION}
-        if cell.solver in DENOISER_FORM and not is_affine(module.field):
+        if solver_kind(cell.solver).needs_denoiser and not is_affine(module.field):
             record["na"] = f"{cell.solver} needs an affine field (denoiser form)"
             write_json(cdir / f"{cell.key}.json", record)
             continue

@@ -230,8 +230,20 @@ def test_nfe_is_exact_for_fixed_step_solvers(name, final_step):
         res = solver.solve(counted(drift), x0, solver.time_grid(field),
                            denoiser=counted(den), field=field)
         assert res.nfe == formula(steps, final_step) == calls["n"], (steps, res.nfe)
+        assert solver.nfe_for_steps(steps) == res.nfe
         assert len(res.eval_times) == res.nfe
         assert res.times.dtype == F64 and len(res.times) == steps + 1
+
+
+def test_steps_within_is_the_largest_grid_inside_the_budget():
+    for cls, formula in NFE_FORMULAS.values():
+        for final_step in (True, False):
+            solver = cls(steps=1, final_step=final_step)
+            for nfe in (5, 10, 20, 35):
+                k = solver.steps_within(nfe)
+                assert formula(k, final_step) <= nfe < formula(k + 1, final_step) or k == 1
+    with pytest.raises(ValueError, match="no fixed NFE"):
+        Dopri5(steps=2).steps_within(10)
 
 
 @pytest.mark.parametrize("time_variable", ["t", "log"])

@@ -36,6 +36,9 @@ class Dopri5(Solver):
 
     name = "dopri5"
 
+    def nfe_for_steps(self, steps: int) -> None:
+        return None  # set by the step-size control, measured by a call counter
+
     def __init__(self, steps: int = 18, *, rtol: float = 1e-5, atol: float = 1e-5,
                  time_variable: str = "log", max_num_steps: int = 100_000, **kwargs):
         super().__init__(steps=steps, **kwargs)

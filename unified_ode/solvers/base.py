@@ -136,6 +136,23 @@ class Solver:
         self.final_step = bool(final_step)
         self.record_every = int(record_every)
 
+    def nfe_for_steps(self, steps: int) -> int | None:
+        """Network calls of a ``steps``-step solve with this solver's settings (``final_step``
+        included); ``None`` when the cost is not known in advance (adaptive solvers). One call
+        per step unless a subclass says otherwise."""
+        return int(steps)
+
+    def steps_within(self, nfe: int) -> int:
+        """The most steps whose NFE fits in ``nfe`` (at least 1): how benchmarks give every
+        solver the same budget."""
+        if self.nfe_for_steps(1) is None:
+            raise ValueError(f"{self.name} has no fixed NFE per step; it cannot be given a "
+                             "step count for an NFE budget")
+        steps = 1
+        while self.nfe_for_steps(steps + 1) <= int(nfe):
+            steps += 1
+        return steps
+
     def time_grid(self, field) -> Tensor:
         """The ``(steps + 1,)`` float64 grid this solver uses with ``field``."""
         t_min = field.t_min if self.t_min is None else float(self.t_min)

@@ -41,6 +41,9 @@ class Heun(Solver):
 
     name = "heun"
 
+    def nfe_for_steps(self, steps: int) -> int:
+        return 2 * int(steps) - (1 if self.final_step else 0)
+
     def _integrate(self, drift, x, times, record):
         record(0, x, times[0])
         n = len(times) - 1
@@ -63,6 +66,9 @@ class RK4(Solver):
     NFE = 4(steps − 1) + 1 with a final step to 0, else 4·steps."""
 
     name = "rk4"
+
+    def nfe_for_steps(self, steps: int) -> int:
+        return 4 * int(steps) - (3 if self.final_step else 0)
 
     def _integrate(self, drift, x, times, record):
         record(0, x, times[0])
