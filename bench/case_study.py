@@ -52,8 +52,10 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +147,7 @@ class Study:
     out: Path
     passthrough: list[str]
     runs: list[Run] = field(default_factory=list)
+    workers: str = "one process"   # how the runs were shared out (for the report)
 
 
 def load_study(args) -> dict:
@@ -325,7 +328,7 @@ def cells_for(study: Study, run: Run) -> list[Cell]:
         for b in budgets(study, run.dataset):
             k = steps_for(s, b)
             cells[f"{s}-s{k}"] = Cell(f"{s}-s{k}", s, k)
-    ad = cfg.get("adaptive")
+    ad = adaptive_of(study, run.dataset)
     if ad:
         tag = "_".join(o.split("=", 1)[0].split(".")[-1] + o.split("=", 1)[1]
                        for o in ad.get("overrides", []))
@@ -340,6 +343,13 @@ def cells_for(study: Study, run: Run) -> list[Cell]:
             key = f"noise-{noise['solver']}-s{k}-eps{float(eps):g}"
             cells[key] = Cell(key, noise["solver"], k, (), float(eps))
     return list(cells.values())
+
+
+def adaptive_of(study: Study, dataset: str) -> dict | None:
+    """The adaptive solver's settings for a data set (``adaptive: false`` in it: none)."""
+    if study.cfg["datasets"][dataset].get("adaptive") is False:
+        return None
+    return study.cfg.get("adaptive") or None
 
 
 def budgets(study: Study, dataset: str) -> list[int]:
@@ -493,6 +503,65 @@ def evaluate(study: Study, run: Run, device: str) -> None:
         tmp = fig.with_name(fig.stem + ".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel workers (--jobs N): N copies of this command share the runs through claim files
+# ---------------------------------------------------------------------------------------------
+def work(study: Study, token: str, device: str) -> int:
+    """One worker: claims the next unclaimed run (an exclusive file under
+    ``<root>/.claims/<token>``), trains and scores it, and so on until none is left."""
+    claims = study.root / ".claims" / token
+    if not claims.is_dir():
+        raise SystemExit(f"--worker {token}: no claim folder {claims} (workers are started by "
+                         "--jobs N, not by hand)")
+    failed = 0
+    for run in study.runs:
+        name = f"{run.dataset}--{run.field}--seed{run.seed}"
+        try:
+            os.close(os.open(claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        train(run)
+        if run.status == "trained":
+            evaluate(study, run, device)
+        else:
+            failed += 1
+    return 1 if failed else 0
+
+
+def run_workers(study: Study, jobs: int, argv: list[str]) -> int:
+    """Starts ``jobs`` workers (this command with ``--worker``), each with
+    ``OMP_NUM_THREADS = cores // jobs`` unless the environment sets it, prefixes their output
+    with ``[wK]`` and waits for all; returns the number of workers that failed."""
+    token = f"{os.getpid()}-{time.time_ns()}"
+    claims = study.root / ".claims" / token
+    claims.mkdir(parents=True)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads}
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--jobs", "1",
+           "--worker", token]
+    study.workers = f"{jobs} worker processes sharing the runs, OMP_NUM_THREADS={threads} each"
+    log(f"case study: {study.workers}")
+    procs, pumps = [], []
+    try:
+        for k in range(jobs):
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+            pump = threading.Thread(target=lambda k=k, proc=proc: [
+                log(f"[w{k}] {line.rstrip()}") for line in proc.stdout], daemon=True)
+            pump.start()
+            procs.append(proc)
+            pumps.append(pump)
+        codes = [proc.wait() for proc in procs]
+        for pump in pumps:
+            pump.join()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        shutil.rmtree(claims, ignore_errors=True)
+    return sum(code != 0 for code in codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,13 +756,14 @@ def dataset_section(study: Study, ds_name: str, ds_results: dict, stem: str) -> 
         return lines + ["No scores yet.", ""]
     has_bpd = bool(ds.get("likelihood"))
     header = ["field", *[f"NFE ≤ {n}" for n in nfes]]
-    header += ["adaptive"] if cfg.get("adaptive") else []
+    adaptive = adaptive_of(study, ds_name)
+    header += ["adaptive"] if adaptive else []
     header += ["bits/dim"] if has_bpd else []
     header += ["train s"]
     rows = []
     for f_name, seeds in ds_results.items():
         row = [f_name]
-        for budget in [*nfes, *([None] if cfg.get("adaptive") else [])]:
+        for budget in [*nfes, *([None] if adaptive else [])]:
             bc = best_cell(study, ds_name, seeds, budget)
             if bc is None:
                 row.append("—")
@@ -710,8 +780,8 @@ def dataset_section(study: Study, ds_name: str, ds_results: dict, stem: str) -> 
     lines += [f"### {primary} of the best solver at each NFE budget", "",
               f"Mean ± std over {len(ds['seeds'])} seed(s); in brackets the solver and its "
               "measured NFE (adaptive: "
-              + (f"{cfg['adaptive']['solver']} {' '.join(cfg['adaptive']['overrides'])}"
-                 if cfg.get("adaptive") else "off") + ")."
+              + (f"{adaptive['solver']} {' '.join(adaptive['overrides'])}"
+                 if adaptive else "off") + ")."
               + (" Bits/dim: `sample.py task=likelihood` on "
                  f"{cfg['likelihood']['n']} held-out points "
                  f"({cfg['likelihood'].get('divergence', 'auto')} divergence)." if has_bpd
@@ -957,7 +1027,7 @@ def report(study: Study, results: dict, wall: float, command: str) -> list[str]:
           " and scored as `sample.py task=evaluate` does.",
           "",
           "- Fields: " + ", ".join(f"`{k}` ({' '.join(v)})" for k, v in cfg["fields"].items()),
-          f"- Hardware: {hardware()}",
+          f"- Hardware: {hardware()}; {study.workers}",
           f"- Wall time of this invocation: {wall:.0f} s; recorded compute: training "
           f"{train_s:.0f} s, scoring {eval_s:.0f} s, bits/dim {bpd_s:.0f} s "
           "(runs reused from earlier invocations count in the recorded compute).",
@@ -1018,6 +1088,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="evaluation device: auto | cpu | cuda")
     p.add_argument("--report-only", action="store_true", help="no training or scoring")
     p.add_argument("--dry-run", action="store_true", help="print the training commands only")
+    p.add_argument("--jobs", type=int, help="worker processes sharing the runs (default: the "
+                   "config's `jobs`); each gets OMP_NUM_THREADS = cores // jobs")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # set by --jobs: a claim-folder token
     return p.parse_args(argv)
 
 
@@ -1038,6 +1111,13 @@ def main(argv=None) -> int:
         else args.device
     log(f"case study: {len(study.runs)} training runs ({len(cfg['fields'])} fields × "
         f"{len(cfg['datasets'])} data set(s) × seeds) under {root}; report {study.out}")
+    jobs = int(args.jobs if args.jobs is not None else cfg.get("jobs") or 1)
+    if args.worker:
+        return work(study, args.worker, device)
+    failed_workers = 0
+    if jobs > 1 and not (args.report_only or args.dry_run):
+        failed_workers = run_workers(study, jobs, list(sys.argv[1:] if argv is None else argv))
+        args.report_only = True  # the workers trained and scored; the report reads their files
     for run in study.runs:
         if args.report_only:
             run.status = "trained" if (run.run_dir / TRAIN_MARKER).is_file() else "planned"
@@ -1061,7 +1141,7 @@ def main(argv=None) -> int:
     for line in lines:
         log(line.replace("**", ""))
     log(f"wrote {study.out} (and figures, {study.out.stem}.json) in {wall:.0f} s")
-    return 0 if all(r.status == "trained" for r in study.runs) else 1
+    return 0 if not failed_workers and all(r.status == "trained" for r in study.runs) else 1
 
 
 if __name__ == "__main__":
