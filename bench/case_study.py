@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -228,7 +229,9 @@ def _saved_overrides(run_dir: Path) -> list[str] | None:
     return [str(o) for o in OmegaConf.load(path) if not str(o).startswith("resume=")]
 
 
-def train(run: Run, dry_run: bool = False) -> None:
+def check_reusable(run: Run) -> None:
+    """Refuses (SystemExit) a run directory trained, or partly trained, with other overrides:
+    checked for every run before anything is trained, and again by :func:`train`."""
     marker = run.run_dir / TRAIN_MARKER
     if marker.is_file():
         info = json.loads(marker.read_text())
@@ -237,12 +240,20 @@ def train(run: Run, dry_run: bool = False) -> None:
                 f"{run.run_dir} was trained with other overrides:\n  {info['overrides']}\n"
                 f"this study asks for:\n  {run.overrides}\nIt is never overwritten: pass a "
                 "new --root for a study with other settings.")
-        run.status, run.train_seconds = "trained", info["seconds"]
+    elif ((run.run_dir / "checkpoints" / "last.ckpt").is_file()
+          and _saved_overrides(run.run_dir) != run.overrides):
+        raise SystemExit(f"{run.run_dir} holds an unfinished run with other overrides "
+                         f"({_saved_overrides(run.run_dir)}); it is never overwritten: pass "
+                         "a new --root.")
+
+
+def train(run: Run, dry_run: bool = False) -> None:
+    check_reusable(run)
+    marker = run.run_dir / TRAIN_MARKER
+    if marker.is_file():
+        run.status, run.train_seconds = "trained", json.loads(marker.read_text())["seconds"]
         return
     resume = (run.run_dir / "checkpoints" / "last.ckpt").is_file()
-    if resume and _saved_overrides(run.run_dir) != run.overrides:
-        raise SystemExit(f"{run.run_dir} holds an unfinished run with other overrides "
-                         f"({_saved_overrides(run.run_dir)}); pass a new --root.")
     cmd = [sys.executable, str(ROOT / "train.py"), *run.overrides,
            f"hydra.run.dir={run.run_dir}"] + (["resume=true"] if resume else [])
     log(f"[train] {run.dataset}/{run.field}/seed{run.seed}" + (" (resuming)" if resume else "")
@@ -562,6 +573,92 @@ def run_workers(study: Study, jobs: int, argv: list[str]) -> int:
                 proc.terminate()
         shutil.rmtree(claims, ignore_errors=True)
     return sum(code != 0 for code in codes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Framework overhead (bench/overhead.py), measured once the runs are done
+# ---------------------------------------------------------------------------------------------
+@functools.cache
+def overhead_bench():
+    """bench/overhead.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("case_study_overhead",
+                                                  ROOT / "bench" / "overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def overhead_file(study: Study) -> Path | None:
+    ov = study.cfg.get("overhead")
+    if not ov:
+        return None
+    key = "-".join(f"{k}{'+'.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in sorted(ov.items()))
+    return study.root / f"overhead-{key}.json"
+
+
+def measure_overhead(study: Study) -> None:
+    """Times our LightningModule against a bare loop (bench/overhead.py's ``measure``) in this
+    process, after every run has finished, so nothing else competes for the cores; cached."""
+    path = overhead_file(study)
+    if path is None or path.is_file():
+        return
+    ov, bench = study.cfg["overhead"], overhead_bench()
+    log(f"[overhead] {', '.join(ov['setups'])}: {ov['rounds']} round(s) of {ov['steps']} "
+        f"steps, {torch.get_num_threads()} torch thread(s)")
+    rows = [bench.measure(name, bench.SETUPS[name], int(ov["steps"]), int(ov["warmup"]),
+                          int(ov["rounds"]), int(ov["samples"])) for name in ov["setups"]]
+    write_json(path, {"settings": ov, "threads": torch.get_num_threads(), "rows": rows})
+    for line in bench.table(rows):
+        log(line)
+
+
+def overhead_section(study: Study) -> list[str]:
+    path = overhead_file(study)
+    if path is None:
+        return []
+    lines = ["## Framework overhead", ""]
+    if not path.is_file():
+        return lines + ["Not measured (run without --report-only).", ""]
+    data, bench = json.loads(path.read_text()), overhead_bench()
+    ov = data["settings"]
+    lines += [f"`bench/overhead.py`'s measurement, made by this command after every run had "
+              f"finished ({data['threads']} torch thread(s)): a training step of our "
+              "LightningModule (a real `Trainer`, no logger, checkpoints or callbacks) against "
+              "a hand-written loop with the same network, objective, optimiser, clipping and "
+              "pre-loaded batches, and a `GenerativeODE.sample` call against a bare Heun loop "
+              f"on the same prior states; medians of {ov['rounds']} rounds of "
+              f"{int(ov['steps']) - int(ov['warmup'])} timed steps (the side that goes first "
+              "alternates). Ratio = ours / bare; targets ≤ "
+              f"{bench.TRAIN_TARGET} (training step) and ≤ {bench.SAMPLE_TARGET} (sampling).", ""]
+    lines += bench.table(data["rows"]) + [""]
+    for r in data["rows"]:
+        for what, target, ratio, rounds in (
+                ("training step", bench.TRAIN_TARGET, r["train_ours_ms"] / r["train_bare_ms"],
+                 r["train_ratios"]),
+                ("sampling", bench.SAMPLE_TARGET, r["sample_ours_s"] / r["sample_bare_s"],
+                 r["sample_ratios"])):
+            if ratio <= target:
+                verdict = "meets the target"
+            elif min(rounds) <= target:
+                verdict = (f"misses the target in the median, but the rounds' paired ratios "
+                           f"({bench.spread(rounds)}) reach below it: within this machine's "
+                           "timing noise")
+            else:
+                verdict = (f"misses the target in every round ({bench.spread(rounds)}): a "
+                           "measured overhead")
+            lines.append(f"- {r['setup']}, {what}: {ratio:.3f} {verdict}.")
+    return lines + [""]
+
+
+def record_invocation(study: Study, command: str, wall: float) -> list[dict]:
+    """Appends this invocation to ``<root>/invocations.json``; returns all of them."""
+    path = study.root / "invocations.json"
+    past = json.loads(path.read_text()) if path.is_file() else []
+    past.append({"command": command, "wall_seconds": round(wall, 1),
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    write_json(path, past)
+    return past
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1006,7 +1103,8 @@ def hardware() -> str:
     return text
 
 
-def report(study: Study, results: dict, wall: float, command: str) -> list[str]:
+def report(study: Study, results: dict, wall: float, command: str,
+           invocations: list[dict]) -> list[str]:
     out = study.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plots(study, results, out)
@@ -1028,9 +1126,12 @@ def report(study: Study, results: dict, wall: float, command: str) -> list[str]:
           "",
           "- Fields: " + ", ".join(f"`{k}` ({' '.join(v)})" for k, v in cfg["fields"].items()),
           f"- Hardware: {hardware()}; {study.workers}",
-          f"- Wall time of this invocation: {wall:.0f} s; recorded compute: training "
-          f"{train_s:.0f} s, scoring {eval_s:.0f} s, bits/dim {bpd_s:.0f} s "
-          "(runs reused from earlier invocations count in the recorded compute).",
+          f"- Wall time of this invocation: {wall:.0f} s ({wall / 3600:.2f} h); of all "
+          f"{len(invocations)} finished invocation(s) on this root: "
+          f"{sum(i['wall_seconds'] for i in invocations):.0f} s (`invocations.json`). "
+          f"Recorded compute: training {train_s:.0f} s, scoring {eval_s:.0f} s, bits/dim "
+          f"{bpd_s:.0f} s (runs reused from earlier invocations count in the recorded "
+          "compute; with several workers it exceeds the wall time).",
           f"- Runs: {study.root / 'runs'}; scores made with library code "
           + ", ".join(sorted({rec.get("code", "unknown") for ds in results.values()
                               for seeds in ds.values() for e in seeds.values()
@@ -1041,6 +1142,7 @@ def report(study: Study, results: dict, wall: float, command: str) -> list[str]:
     md += [""]
     for ds_name, ds_results in results.items():
         md += dataset_section(study, ds_name, ds_results, stem)
+    md += overhead_section(study)
     out.write_text("\n".join(md) + "\n")
     raw = {"command": command, "wall_seconds": wall, "hardware": hardware(),
            "config": cfg, "findings": found,
@@ -1112,31 +1214,38 @@ def main(argv=None) -> int:
     log(f"case study: {len(study.runs)} training runs ({len(cfg['fields'])} fields × "
         f"{len(cfg['datasets'])} data set(s) × seeds) under {root}; report {study.out}")
     jobs = int(args.jobs if args.jobs is not None else cfg.get("jobs") or 1)
+    if not args.report_only:
+        for run in study.runs:  # refuse before training anything (workers included)
+            check_reusable(run)
     if args.worker:
         return work(study, args.worker, device)
-    failed_workers = 0
-    if jobs > 1 and not (args.report_only or args.dry_run):
-        failed_workers = run_workers(study, jobs, list(sys.argv[1:] if argv is None else argv))
-        args.report_only = True  # the workers trained and scored; the report reads their files
-    for run in study.runs:
-        if args.report_only:
-            run.status = "trained" if (run.run_dir / TRAIN_MARKER).is_file() else "planned"
-            if run.status == "trained":
-                run.train_seconds = json.loads((run.run_dir / TRAIN_MARKER).read_text())[
-                    "seconds"]
-        else:
-            train(run, dry_run=args.dry_run)
     if args.dry_run:
+        for run in study.runs:
+            train(run, dry_run=True)
         return 0
-    if not args.report_only:
+    failed_workers = 0
+    if args.report_only:
+        pass
+    elif jobs > 1:  # the workers train and score; the report reads their files
+        failed_workers = run_workers(study, jobs, list(sys.argv[1:] if argv is None else argv))
+    else:
+        for run in study.runs:
+            train(run)
         for run in study.runs:
             if run.status == "trained":
                 evaluate(study, run, device)
+    for run in study.runs:
+        marker = run.run_dir / TRAIN_MARKER
+        if marker.is_file():
+            run.status, run.train_seconds = "trained", json.loads(marker.read_text())["seconds"]
+    if not args.report_only and not failed_workers:
+        measure_overhead(study)  # every run is done: nothing else competes for the cores
     results = collect(study)
     wall = time.perf_counter() - wall_start
-    command = "python bench/case_study.py " + shlex.join(sys.argv[1:] if argv is None
-                                                         else argv)
-    lines = report(study, results, wall, command.strip())
+    command = ("python bench/case_study.py " + shlex.join(sys.argv[1:] if argv is None
+                                                          else argv)).strip()
+    invocations = record_invocation(study, command, wall)
+    lines = report(study, results, wall, command, invocations)
     log("")
     for line in lines:
         log(line.replace("**", ""))

@@ -17,8 +17,10 @@ For each setup (a list of config overrides, composed exactly as ``train.py`` com
   NFE bookkeeping, EMA switch, eval mode) against a bare Heun loop calling
   ``field.drift(x, t, model(x, t))`` on the same grid and prior states.
 
-The two sides alternate for ``--rounds`` rounds and the table shows medians; the ratio is
-ours / bare (1.00 = no overhead). Targets: ≤ 1.05 for training steps, ≤ 1.02 for sampling.
+The two sides alternate for ``--rounds`` rounds (which one goes first alternates too) and
+the table shows medians; the ratio is ours / bare (1.00 = no overhead), next to the range of
+the rounds' paired ratios, which says how far the machine's noise reaches. Targets: ≤ 1.05
+for training steps, ≤ 1.02 for sampling.
 """
 
 from __future__ import annotations
@@ -145,8 +147,10 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
     times = module.solver.time_grid(module.field).to(x_T.dtype)
 
     ours_t, bare_t, ours_s, bare_s = [], [], [], []
-    for _ in range(rounds):
-        for which in ("ours", "bare"):
+    for r in range(rounds):
+        # the side that goes first alternates, so that neither gains from warm caches or
+        # allocator state left by the other
+        for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
             torch.manual_seed(0)
             module.load_state_dict(initial)
             if which == "ours":
@@ -168,6 +172,8 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
             "batch": int(batches[0].shape[0]), "params": module.num_parameters(),
             "train_ours_ms": 1e3 * med(ours_t), "train_bare_ms": 1e3 * med(bare_t),
             "sample_ours_s": med(ours_s), "sample_bare_s": med(bare_s), "nfe": res.nfe,
+            "train_ratios": [o / b for o, b in zip(ours_t, bare_t)],
+            "sample_ratios": [o / b for o, b in zip(ours_s, bare_s)],
             "n_samples": n_samples}
 
 
@@ -191,18 +197,32 @@ def main(argv=None) -> None:
                                             else "")
     print(f"\n`{command}` — {torch.get_num_threads()} torch thread(s), medians of "
           f"{args.rounds} alternating rounds, {args.steps - args.warmup} timed steps each\n")
-    print("| setup | params | batch | train step: ours / bare (ms) | ratio | "
-          "sampling: ours / bare (s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n".join(table(rows)))
+
+
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table of :func:`measure`'s rows (also used by bench/case_study.py)."""
+    lines = ["| setup | params | batch | train step: ours / bare (ms) | ratio | "
+             "per-round ratios | sampling: ours / bare (s) | ratio | per-round ratios |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = r["train_ours_ms"] / r["train_bare_ms"]
         sr = r["sample_ours_s"] / r["sample_bare_s"]
-        print(f"| {r['setup']} (`{r['overrides']}`) | {r['params']:,} | {r['batch']} | "
-              f"{r['train_ours_ms']:.2f} / {r['train_bare_ms']:.2f} | {tr:.3f}"
-              f"{'' if tr <= TRAIN_TARGET else ' (target ≤ 1.05 missed)'} | "
-              f"{r['sample_ours_s']:.3f} / {r['sample_bare_s']:.3f} "
-              f"({r['n_samples']} samples, NFE {r['nfe']}) | {sr:.3f}"
-              f"{'' if sr <= SAMPLE_TARGET else ' (target ≤ 1.02 missed)'} |")
+        lines.append(
+            f"| {r['setup']} (`{r['overrides']}`) | {r['params']:,} | {r['batch']} | "
+            f"{r['train_ours_ms']:.2f} / {r['train_bare_ms']:.2f} | {tr:.3f}"
+            f"{'' if tr <= TRAIN_TARGET else ' (target ≤ 1.05 missed)'} | "
+            f"{spread(r['train_ratios'])} | "
+            f"{r['sample_ours_s']:.3f} / {r['sample_bare_s']:.3f} "
+            f"({r['n_samples']} samples, NFE {r['nfe']}) | {sr:.3f}"
+            f"{'' if sr <= SAMPLE_TARGET else ' (target ≤ 1.02 missed)'} | "
+            f"{spread(r['sample_ratios'])} |")
+    return lines
+
+
+def spread(ratios: list[float]) -> str:
+    """The paired ours/bare ratios of the rounds, lowest to highest."""
+    return f"{min(ratios):.3f}–{max(ratios):.3f}"
 
 
 if __name__ == "__main__":

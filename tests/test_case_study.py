@@ -82,6 +82,9 @@ def test_case_study_report_tables(study):
     for name in ("nfe", "probes", "trajectories"):
         assert (tmp / "report" / f"results_checkerboard_{name}.png").stat().st_size > 5000
     assert "best at NFE ≤ 10:" in proc.stdout and "best quality" in proc.stdout
+    # the config's two workers shared the runs: each run trained once, by one of them
+    trained = re.findall(r"^\[w[01]\] \[train\] (\S+):", proc.stdout, re.M)
+    assert sorted(trained) == sorted(f"checkerboard/{f}/seed{s}" for f in FIELDS for s in (0, 1))
 
 
 @pytest.mark.slow
