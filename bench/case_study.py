@@ -31,13 +31,19 @@ A thin driver over the project's own commands:
    relative size ``eps`` on whatever the network predicts (the denoiser for denoiser-objective
    fields, the velocity for velocity-objective ones). The same wrapped model serves the drift
    and the denoiser-form solvers.
-4. **report** — ``--out`` (default ``docs/results.md``): per data set the field × NFE table of
-   the best solver's metric (mean ± std over seeds), bits/dim, one table per solver, the other
-   metrics at each field's best setting, the probes, plots of metric vs NFE per field, the
-   trajectories of each field (points) or a grid of samples per field (images), the budget,
-   seeds, hardware and wall time; ``results.json`` beside it holds every number. The findings
-   (which field is best at NFE ≤ 10 and which reaches the best quality) are computed from the
-   table and printed.
+4. **report** — ``--out`` (default ``docs/results.md`` for the configured study,
+   ``<root>/results.md`` for ``--smoke`` or a data set from the command line): per data set
+   the field × NFE table of the best solver's metric (mean ± std over seeds), bits/dim, one
+   table per solver, the other metrics at each field's best setting, the probes, plots of
+   metric vs NFE per field, the trajectories of each field (points) or a grid of samples per
+   field (images), the budget, seeds, hardware and wall time; ``results.json`` beside it
+   holds every number. The findings (which field is best at NFE ≤ 10 and which reaches the
+   best quality) are computed from the table and printed.
+
+``--jobs N`` (default: the config's ``jobs``) starts N copies of this command as workers that
+take the runs one at a time through exclusive claim files and train and score them; then the
+framework overhead (``bench/overhead.py``) is measured on the idle machine and the report
+written. ``<root>/invocations.json`` keeps every invocation's wall time.
 
 Lower is better for every ranking metric (sw, mmd, fid, kid); the IS is reported, not ranked.
 """
@@ -651,13 +657,15 @@ def overhead_section(study: Study) -> list[str]:
     return lines + [""]
 
 
-def record_invocation(study: Study, command: str, wall: float) -> list[dict]:
-    """Appends this invocation to ``<root>/invocations.json``; returns all of them."""
+def record_invocation(study: Study, command: str, wall: float, record: bool) -> list[dict]:
+    """Appends this invocation to ``<root>/invocations.json`` (when ``record``: not for
+    --report-only, which computes nothing); returns all of them."""
     path = study.root / "invocations.json"
     past = json.loads(path.read_text()) if path.is_file() else []
-    past.append({"command": command, "wall_seconds": round(wall, 1),
-                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
-    write_json(path, past)
+    if record:
+        past.append({"command": command, "wall_seconds": round(wall, 1),
+                     "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        write_json(path, past)
     return past
 
 
@@ -1104,7 +1112,7 @@ def hardware() -> str:
 
 
 def report(study: Study, results: dict, wall: float, command: str,
-           invocations: list[dict]) -> list[str]:
+           invocations: list[dict], computed: bool = True) -> list[str]:
     out = study.out
     out.parent.mkdir(parents=True, exist_ok=True)
     plots(study, results, out)
@@ -1126,8 +1134,11 @@ def report(study: Study, results: dict, wall: float, command: str,
           "",
           "- Fields: " + ", ".join(f"`{k}` ({' '.join(v)})" for k, v in cfg["fields"].items()),
           f"- Hardware: {hardware()}; {study.workers}",
-          f"- Wall time of this invocation: {wall:.0f} s ({wall / 3600:.2f} h); of all "
-          f"{len(invocations)} finished invocation(s) on this root: "
+          (f"- Wall time of this invocation: {wall:.0f} s ({wall / 3600:.2f} h); of the "
+           if computed else
+           f"- Report regenerated from saved scores (--report-only) in {wall:.0f} s; wall time "
+           "of the ")
+          + f"{len(invocations)} finished invocation(s) that trained or measured on this root: "
           f"{sum(i['wall_seconds'] for i in invocations):.0f} s (`invocations.json`). "
           f"Recorded compute: training {train_s:.0f} s, scoring {eval_s:.0f} s, bits/dim "
           f"{bpd_s:.0f} s (runs reused from earlier invocations count in the recorded "
@@ -1170,10 +1181,13 @@ def parse_args(argv=None):
                    "replaces the study's data sets)")
     p.add_argument("--config", default=str(STUDY_CONFIG))
     p.add_argument("--smoke", action="store_true", help="the small preset (smoke: section)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "results.md"),
-                   help="the report (figures and <stem>.json beside it)")
+    p.add_argument("--out", default=None,
+                   help="the report (figures and <stem>.json beside it); default: the "
+                   "project's docs/results.md for the configured study, <root>/results.md "
+                   "for --smoke or a data set given on the command line")
     p.add_argument("--root", default=None, help="where the runs go (default: "
-                   "outputs/case_study, or outputs/case_study_smoke with --smoke)")
+                   "outputs/case_study; outputs/case_study_smoke with --smoke, "
+                   "outputs/case_study_<data set> for a data set given on the command line)")
     p.add_argument("--fields", type=names)
     p.add_argument("--datasets", type=names)
     p.add_argument("--seeds", type=ints)
@@ -1205,9 +1219,13 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"overrides must be key=value (or ~key), got {bad}")
     cfg = load_study(args)
-    root = Path(args.root or ROOT / "outputs" / ("case_study_smoke" if args.smoke
-                                                 else "case_study")).resolve()
-    study = Study(cfg, root, Path(args.out).resolve(), list(args.overrides))
+    custom = args.smoke or any("=" in o and override_root(o) in ("dataset", "experiment")
+                               for o in args.overrides)
+    name = ("case_study_smoke" if args.smoke else
+            f"case_study_{next(iter(cfg['datasets']))}" if custom else "case_study")
+    root = Path(args.root or ROOT / "outputs" / name).resolve()
+    out = args.out or (root / "results.md" if custom else ROOT / "docs" / "results.md")
+    study = Study(cfg, root, Path(out).resolve(), list(args.overrides))
     plan(study)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
@@ -1244,8 +1262,9 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - wall_start
     command = ("python bench/case_study.py " + shlex.join(sys.argv[1:] if argv is None
                                                           else argv)).strip()
-    invocations = record_invocation(study, command, wall)
-    lines = report(study, results, wall, command, invocations)
+    invocations = record_invocation(study, command, wall, record=not args.report_only)
+    lines = report(study, results, wall, command, invocations,
+                   computed=not args.report_only)
     log("")
     for line in lines:
         log(line.replace("**", ""))
