@@ -157,6 +157,12 @@ class Study:
     workers: str = "one process"   # how the runs were shared out (for the report)
 
 
+def dataset_overrides(overrides: list[str]) -> list[str]:
+    """The command line's ``dataset=`` / ``experiment=`` overrides: they replace the study's
+    data sets with one of their own."""
+    return [o for o in overrides if "=" in o and override_root(o) in ("dataset", "experiment")]
+
+
 def load_study(args) -> dict:
     base = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
     smoke = base.pop("smoke", None) or {}
@@ -167,8 +173,7 @@ def load_study(args) -> dict:
         for key, value in smoke.items():  # replace whole sections (fields, datasets, ...)
             base[key] = value
     cfg = base
-    datasets_given = [o for o in args.overrides
-                      if "=" in o and override_root(o) in ("dataset", "experiment")]
+    datasets_given = dataset_overrides(args.overrides)
     if datasets_given:  # dataset=cifar10 ...: one data set, from the command line
         name = datasets_given[-1].split("=", 1)[1].replace("/", "_")
         cfg["datasets"] = {name: {"overrides": [], **cfg["custom_dataset"]}}
@@ -236,8 +241,8 @@ def _saved_overrides(run_dir: Path) -> list[str] | None:
 
 
 def check_reusable(run: Run) -> None:
-    """Refuses (SystemExit) a run directory trained, or partly trained, with other overrides:
-    checked for every run before anything is trained, and again by :func:`train`."""
+    """Refuses (SystemExit) a run directory trained, or partly trained, with other overrides;
+    ``main`` checks every run before anything is trained or any worker starts."""
     marker = run.run_dir / TRAIN_MARKER
     if marker.is_file():
         info = json.loads(marker.read_text())
@@ -254,7 +259,8 @@ def check_reusable(run: Run) -> None:
 
 
 def train(run: Run, dry_run: bool = False) -> None:
-    check_reusable(run)
+    """Trains ``run`` (or continues it from ``last.ckpt``); a finished run is reused. The run
+    directory has passed :func:`check_reusable`."""
     marker = run.run_dir / TRAIN_MARKER
     if marker.is_file():
         run.status, run.train_seconds = "trained", json.loads(marker.read_text())["seconds"]
@@ -1219,8 +1225,7 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"overrides must be key=value (or ~key), got {bad}")
     cfg = load_study(args)
-    custom = args.smoke or any("=" in o and override_root(o) in ("dataset", "experiment")
-                               for o in args.overrides)
+    custom = args.smoke or bool(dataset_overrides(args.overrides))
     name = ("case_study_smoke" if args.smoke else
             f"case_study_{next(iter(cfg['datasets']))}" if custom else "case_study")
     root = Path(args.root or ROOT / "outputs" / name).resolve()
@@ -1232,21 +1237,20 @@ def main(argv=None) -> int:
     log(f"case study: {len(study.runs)} training runs ({len(cfg['fields'])} fields × "
         f"{len(cfg['datasets'])} data set(s) × seeds) under {root}; report {study.out}")
     jobs = int(args.jobs if args.jobs is not None else cfg.get("jobs") or 1)
-    if not args.report_only:
-        for run in study.runs:  # refuse before training anything (workers included)
-            check_reusable(run)
-    if args.worker:
+    if args.worker:  # started by run_workers, after the checks below
         return work(study, args.worker, device)
+    if not args.report_only:
+        for run in study.runs:  # refuse before anything is trained or any worker starts
+            check_reusable(run)
     if args.dry_run:
         for run in study.runs:
             train(run, dry_run=True)
         return 0
     failed_workers = 0
-    if args.report_only:
-        pass
-    elif jobs > 1:  # the workers train and score; the report reads their files
+    if jobs > 1 and not args.report_only:
+        # the workers train and score; the report below reads their files
         failed_workers = run_workers(study, jobs, list(sys.argv[1:] if argv is None else argv))
-    else:
+    elif not args.report_only:
         for run in study.runs:
             train(run)
         for run in study.runs:
