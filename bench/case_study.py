@@ -515,7 +515,7 @@ def evaluate(study: Study, run: Run, device: str) -> None:
         result = module.sample(x_T=x_T, solver=solver)
         arrays = {"samples": result.x.cpu().numpy(), "nfe": result.nfe}
         if images:
-            from unified_ode.viz_images import to_uint8_nhwc
+            from unified_ode.viz.images import to_uint8_nhwc
 
             arrays["samples"] = to_uint8_nhwc(result.x.cpu())
         else:
@@ -1065,7 +1065,7 @@ def plots(study: Study, results: dict, out: Path) -> None:
         for ax, (f_name, arr) in zip(axes.flat, figs.items()):
             ax.axis("on")
             if kind == "images":
-                from unified_ode.viz_images import grid_array
+                from unified_ode.viz.images import grid_array
 
                 grid = grid_array(arr["samples"], scale=1)
                 ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray")

@@ -140,12 +140,12 @@ class PeriodicSampling(L.Callback):
         solver = pl_module.solver
         step = trainer.global_step
         if kind == "images":
-            from unified_ode.viz_images import save_image_grid
+            from unified_ode.viz.images import save_image_grid
 
             result = pl_module.sample(x_T=self._noise(pl_module, self.n_images))
             save_image_grid(path, result.x.float().cpu().clamp(-1, 1))
         else:
-            from unified_ode.viz import plot_points_with_trajectories
+            from unified_ode.viz.points import plot_points_with_trajectories
 
             old = solver.record_every
             solver.record_every = self.record_every
