@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 from unified_ode.errors import UserError
 from unified_ode.lit.module import GenerativeODE
 from unified_ode.networks.precond import Preconditioned
-from unified_ode.objectives import build_objective
 
 
 def build_datamodule(cfg: DictConfig):
@@ -29,24 +28,36 @@ def is_exact(cfg: DictConfig) -> bool:
     return str(cfg.network.get("_target_", "")).endswith("ExactPosterior")
 
 
-def build_model(cfg: DictConfig, field, datamodule):
+def build_objective(cfg: DictConfig, field):
+    """``(objective, parametrisation)``: the ``objective=`` group's loss, bound to ``field``
+    (a :class:`UserError` naming the valid choices when the field cannot be trained with it)."""
+    if "objective" not in cfg or cfg.objective is None:
+        raise UserError("the config has no objective; pick one with objective=denoiser, "
+                        "objective=velocity or objective=pfgm_normalised")
+    objective = instantiate(cfg.objective)
+    return objective, objective.bind(field)
+
+
+def build_model(cfg: DictConfig, parametrisation, datamodule):
     """The predictor ``model(x, t)``: the preconditioned network, or the exact posterior of the
-    data module's training set when ``network=exact``."""
+    data module's training set when ``network=exact``; it predicts in ``parametrisation``."""
+    field = parametrisation.field
     if cfg.network.get("_partial_", False):
         factory = instantiate(cfg.network)
         if not isinstance(factory, functools.partial):
             raise UserError("a network config with _partial_: true must name a factory")
-        return factory(field=field, data=datamodule.train_tensor())
+        return factory(field=field, data=datamodule.train_tensor(),
+                       parametrisation=parametrisation)
     net = instantiate(cfg.network, data_shape=list(datamodule.data_shape))
-    return Preconditioned(net, field, sigma_data=datamodule.sigma_data)
+    return Preconditioned(net, parametrisation, sigma_data=datamodule.sigma_data)
 
 
 def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, object]:
     """``(module, datamodule)`` for a training or sampling config."""
     datamodule = datamodule or build_datamodule(cfg)
     field = build_field(cfg)
-    model = build_model(cfg, field, datamodule)
-    objective = build_objective(field, sigma_data=datamodule.sigma_data)
+    objective, parametrisation = build_objective(cfg, field)
+    model = build_model(cfg, parametrisation, datamodule)
     module = GenerativeODE(field, model, objective, build_solver(cfg),
                            data_shape=datamodule.data_shape, optim=cfg.get("optim"))
     return module, datamodule

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unified_ode.app.compat import upgrade_config, upgrade_overrides
 from unified_ode.errors import UserError
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
@@ -27,7 +28,8 @@ def load_run_config(run_dir: str | Path) -> tuple[DictConfig, list[str]]:
                         "missing. Pass the directory that train.py printed at its start.")
     overrides_path = run / OVERRIDES_FILE
     overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
-    return OmegaConf.load(cfg_path), [str(o) for o in overrides]
+    # runs written before the objective= group are read in today's layout
+    return upgrade_config(OmegaConf.load(cfg_path)), upgrade_overrides([str(o) for o in overrides])
 
 
 def default_checkpoint(run_dir: str | Path) -> Path:

@@ -23,7 +23,7 @@ from unified_ode.viz.points import plot_points_with_trajectories
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
 
 #: Config groups that define the model; with ``run=...`` they come from the run.
-MODEL_GROUPS = ("physics", "network", "dataset", "solver")
+MODEL_GROUPS = ("objective", "physics", "network", "dataset", "solver")
 SAMPLES_FILE = "samples.npz"
 
 
@@ -147,8 +147,9 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     for i, lo in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
         x_T = temperature * module.sample_prior(min(bs, n - lo), generator=g)
-        solver.record_every = int(cfg.record_every) if i == 0 and not images else 0
-        result = module.sample(x_T=x_T, solver=solver)
+        record = int(cfg.record_every) if i == 0 and not images else 0
+        result = module.sample(x_T=x_T, solver=solver, record_every=record,
+                               progress=len(starts) == 1)
         first = first or result
         chunks.append(result.x.cpu())
         nfes.append(result.nfe)
@@ -162,7 +163,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
             "temperature": temperature, "weights": "ema" if loaded.ema else "raw",
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
-            "run": cfg.run, "field": module.field.describe(), "solver": solver.describe(),
+            "run": cfg.run, "field": module.field.describe(),
+            "objective": module.objective.describe(), "solver": solver.describe(),
             "grid": first.times.tolist()}
     (out_dir / "sample_info.json").write_text(json.dumps(info, indent=2))
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))

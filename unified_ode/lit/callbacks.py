@@ -147,12 +147,8 @@ class PeriodicSampling(L.Callback):
         else:
             from unified_ode.viz.points import plot_points_with_trajectories
 
-            old = solver.record_every
-            solver.record_every = self.record_every
-            try:
-                result = pl_module.sample(x_T=self._noise(pl_module, self.n_points))
-            finally:
-                solver.record_every = old
+            result = pl_module.sample(x_T=self._noise(pl_module, self.n_points),
+                                      record_every=self.record_every)
             plot_points_with_trajectories(
                 path, trainer.datamodule.heldout(self.n_points), result.x.cpu(),
                 result.trajectory, result.trajectory_times,

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from unified_ode.solvers.affine import model_denoiser
+from unified_ode.parametrisation import ProbabilityFlow
 from unified_ode.solvers.base import Solver, SolveResult
 
 
@@ -24,8 +24,12 @@ class GenerativeODE(L.LightningModule):
     Parameters
     ----------
     field: a :class:`unified_ode.physics.Field`.
-    model: ``nn.Module`` with ``forward(x, t) -> prediction`` of kind ``field.prediction``.
-    objective: callable ``(model, field, y) -> scalar loss``.
+    model: ``nn.Module`` with ``forward(x, t) -> prediction`` in the objective's
+        parametrisation (a :class:`~unified_ode.networks.precond.Preconditioned` network or
+        the exact posterior).
+    objective: a bound :class:`~unified_ode.objectives.Objective` (``objective.bind(field)``
+        called): ``(model, field, y) -> scalar loss``; its ``parametrisation`` says what
+        ``model`` predicts.
     solver: default :class:`unified_ode.solvers.Solver` for :meth:`sample`.
     data_shape: shape of one sample.
     optim: ``name`` (``adam`` or ``adamw``), ``lr``, ``betas``, ``eps``, ``weight_decay``,
@@ -60,10 +64,18 @@ class GenerativeODE(L.LightningModule):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.model(x, t)
 
+    @property
+    def parametrisation(self):
+        """What ``model`` predicts (:class:`~unified_ode.parametrisation.Parametrisation`)."""
+        return self.objective.parametrisation
+
+    def flow(self) -> ProbabilityFlow:
+        """The generative ODE of the current weights, as solvers see it."""
+        return ProbabilityFlow(self.parametrisation, self.model)
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``dx/dt`` at states ``x`` ``(B, *shape)`` and a scalar (or ``(B,)``) time ``t``."""
-        tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        return self.field.drift(x, tb, self.model(x, tb))
+        return self.flow().drift(x, t)
 
     def sample_prior(self, n: int, *, generator=None) -> Tensor:
         return self.field.sample_prior(n, self.data_shape, generator=generator,
@@ -80,9 +92,11 @@ class GenerativeODE(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int | None = None, *, x_T: Tensor | None = None,
-               solver: Solver | None = None, generator=None, ema: bool = True) -> SolveResult:
+               solver: Solver | None = None, generator=None, ema: bool = True,
+               record_every: int = 0, callback=None, progress: bool = False) -> SolveResult:
         """Integrate the generative ODE from prior states ``x_T`` (or ``n`` fresh ones), with
-        the EMA weights when an EMA is attached and ``ema`` is true."""
+        the EMA weights when an EMA is attached and ``ema`` is true. ``record_every``,
+        ``callback``, ``progress``: see :meth:`unified_ode.solvers.Solver.solve`."""
         if x_T is None:
             if n is None:
                 raise ValueError("sample() needs n or x_T")
@@ -94,8 +108,9 @@ class GenerativeODE(L.LightningModule):
         weights.enter_context(self.use_ema(ema))
         try:
             times = solver.time_grid(self.field)
-            return solver.solve(self.drift, x_T.to(self.device), times, field=self.field,
-                                denoiser=model_denoiser(self.field, self.model))
+            return solver.solve(self.flow(), x_T.to(self.device), times,
+                                record_every=record_every, callback=callback,
+                                progress=progress)
         finally:
             weights.close()
             self.train(was_training)

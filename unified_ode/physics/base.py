@@ -7,9 +7,13 @@ generative model needs of it is
 * the **conditional velocity** ``v(x, t | y) = G_x / G_t``;
 * the **prior** ``pi`` that the kernel forgets the source into at ``t = t_max``: sampler and
   log-density;
-* the **drift** ``dx/dt = f(x, t)`` of the generative ODE, computed from what the network
-  predicts (a denoiser ``D(x, t) ≈ E[y | x, t]`` or a velocity ``≈ E[v | x, t]``);
+* for fields with a **denoiser form**, the drift ``dx/dt = f(x, t)`` of the generative ODE as a
+  function of the denoiser ``D(x, t) = E[y | x, t]`` and its inverse, and the exact last step
+  from ``t_min`` to ``t = 0``;
 * the **time range** ``[t_min, t_max]``, a default time grid and the training-time law.
+
+What a network predicts (denoiser, velocity, PFGM's normalised field) and how its output is
+turned into a drift is the job of :mod:`unified_ode.parametrisation`, not of the field.
 
 Conventions: data and states are tensors ``(B, *shape)``; ``t`` is a tensor ``(B,)`` (or a
 scalar tensor, which broadcasts); generation integrates from ``t_max`` *down* to ``t_min``.
@@ -20,15 +24,15 @@ Only torch is imported: fields are a small library usable without Lightning or H
 
 from __future__ import annotations
 
+import abc
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from unified_ode.physics.noise import NoiseLaw, event_dim
 from unified_ode.timegrid import make_grid
-
-PREDICTIONS = ("denoiser", "velocity")
 
 
 def bcast(t: Tensor, x: Tensor) -> Tensor:
@@ -39,17 +43,31 @@ def bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(t.shape[0], *([1] * (x.ndim - 1)))
 
 
-class Field:
-    """Abstract force field. Subclasses implement the kernel, velocity, prior and drift.
+@dataclass(frozen=True)
+class AffineSchedule:
+    """``a(t)`` and ``s(t)`` of an affine field as float64 scalars: what denoiser-form solvers
+    need (the :class:`unified_ode.solvers.base.Schedule` protocol). ``t`` is a float or a 0-d
+    tensor; the results are Python floats."""
+
+    field: AffineField
+
+    def a(self, t) -> float:
+        return float(self.field.a(torch.as_tensor(t, dtype=torch.float64)))
+
+    def s(self, t) -> float:
+        return float(self.field.s(torch.as_tensor(t, dtype=torch.float64)))
+
+
+class Field(abc.ABC):
+    """Abstract force field. Subclasses implement the kernel, the conditional velocity, the
+    prior and the noise level; a subclass that leaves one out fails at construction with the
+    method's name (``abc``).
 
     Parameters
     ----------
     t_min, t_max:
-        Time range of generation: the ODE is integrated from ``t_max`` (prior) to ``t_min``
-        (and, with a final denoising step, to 0).
-    objective:
-        Training objective name; must be one of ``supported_objectives``. The objective fixes
-        what the network predicts (``prediction``: ``"denoiser"`` or ``"velocity"``).
+        Time range of generation: the ODE is integrated from ``t_max`` (prior) to ``t_min``,
+        then one exact step (:meth:`final_state`) to ``t = 0``.
     train_p_mean, train_p_std:
         Training noise levels are drawn as ``ln sigma ~ N(p_mean, p_std^2)`` (EDM, PFGM++) and
         mapped to times with :meth:`t_from_sigma`.
@@ -57,39 +75,28 @@ class Field:
 
     #: Short name used in configs, logs and file names.
     name: str = "field"
-    #: Objectives this field can be trained with; the first is the default.
-    supported_objectives: tuple[str, ...] = ("denoiser",)
+    #: True when the drift is a function of the denoiser ``E[y | x, t]`` (affine fields):
+    #: :meth:`drift_from_denoiser`, :meth:`denoiser_from_drift` and :meth:`schedule` then exist.
+    has_denoiser_form: bool = False
 
-    def __init__(self, t_min: float, t_max: float, objective: str | None = None,
-                 train_p_mean: float = -1.2, train_p_std: float = 1.2):
+    def __init__(self, t_min: float, t_max: float, train_p_mean: float = -1.2,
+                 train_p_std: float = 1.2):
         if not 0 < t_min < t_max:
             raise ValueError(f"{self.name}: need 0 < t_min < t_max, got t_min={t_min}, "
                              f"t_max={t_max}")
         self.t_min = float(t_min)
         self.t_max = float(t_max)
-        objective = objective or self.supported_objectives[0]
-        if objective not in self.supported_objectives:
-            raise ValueError(
-                f"physics={self.name} cannot be trained with objective={objective!r}; "
-                f"choose physics.objective from {list(self.supported_objectives)}")
-        self.objective = objective
         self.train_p_mean = float(train_p_mean)
         self.train_p_std = float(train_p_std)
 
-    # --- what the network predicts -------------------------------------------------------
-    @property
-    def prediction(self) -> str:
-        """``"denoiser"`` or ``"velocity"``: the quantity the model outputs for this objective."""
-        return "velocity" if self.objective == "velocity" else "denoiser"
-
     # --- kernel --------------------------------------------------------------------------
+    @abc.abstractmethod
     def sample_kernel(self, y: Tensor, t: Tensor, *, generator=None) -> Tensor:
         """Draw ``x ~ p_t(. | y)``: ``y`` ``(B, *shape)``, ``t`` ``(B,)`` -> ``(B, *shape)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def kernel_log_prob(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
         """``log p_t(x | y)`` for matching rows; returns ``(B,)`` nats."""
-        raise NotImplementedError
 
     def pairwise_kernel_log_prob(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
         """``log p_t(x_i | y_j)`` for all pairs: ``x`` ``(N, *shape)``, ``y`` ``(M, *shape)``,
@@ -105,37 +112,61 @@ class Field:
         te = te.unsqueeze(1).expand(n, m).reshape(-1)
         return self.kernel_log_prob(xe, ye, te).view(n, m)
 
+    @abc.abstractmethod
     def conditional_velocity(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
         """``v(x, t | y) = dx/dt`` along the field line through ``x`` of the source ``y``."""
-        raise NotImplementedError
 
     # --- prior ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def sample_prior(self, n: int, shape: tuple[int, ...], *, generator=None, device=None,
                      dtype=torch.float32) -> Tensor:
         """Draw ``n`` states at ``t = t_max``; returns ``(n, *shape)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """Log-density of the prior at ``x`` ``(B, *shape)``; returns ``(B,)`` nats."""
-        raise NotImplementedError
 
-    # --- drift ---------------------------------------------------------------------------
-    def drift(self, x: Tensor, t: Tensor, prediction: Tensor) -> Tensor:
-        """``dx/dt`` of the generative ODE at ``(x, t)`` given the model's ``prediction``
-        (of kind :attr:`prediction`); returns ``(B, *shape)``."""
-        if self.prediction == "velocity":
-            return prediction
-        return self.drift_from_denoiser(x, t, prediction)
-
+    # --- denoiser form -------------------------------------------------------------------
     def drift_from_denoiser(self, x: Tensor, t: Tensor, denoised: Tensor) -> Tensor:
-        raise NotImplementedError(f"{self.name} has no denoiser form; train it with "
-                                  "physics.objective=velocity")
+        """``dx/dt`` at ``(x, t)`` for the denoiser output ``denoised`` (fields with a denoiser
+        form only)."""
+        raise TypeError(f"physics={self.name} has no denoiser form: its drift is not a "
+                        "function of E[y | x, t]; train it with objective=velocity")
+
+    def denoiser_from_drift(self, x: Tensor, t: Tensor, drift: Tensor) -> Tensor:
+        """The denoiser ``D`` that gives the drift ``drift`` at ``(x, t)``, ``(B, *shape)``.
+
+        Fields with a denoiser form invert :meth:`drift_from_denoiser` exactly. The default, for
+        fields without one, is the small-``t`` limit used only for the last step to ``t = 0``:
+        near the data the posterior concentrates on one source and a radial field is, to
+        leading order, self-similar with scale ``sigma(t)`` (``ψ_t(r) ≈ F(r/sigma(t))``), whose
+        velocity is ``(x − y) sigma'/sigma``; so ``D ≈ x − (sigma/sigma') f``.
+        """
+        t64 = torch.as_tensor(t, dtype=torch.float64, device=x.device).detach()
+        with torch.enable_grad():
+            tg = t64.clone().requires_grad_(True)
+            sig = torch.as_tensor(self.sigma(tg), dtype=torch.float64)
+            (dsig,) = torch.autograd.grad(sig.sum(), tg)
+        ratio = (sig.detach() / dsig).to(x.dtype)
+        return x - bcast(ratio, x) * drift
+
+    def final_state(self, x: Tensor, t: Tensor, denoised: Tensor) -> Tensor:
+        """The state at ``t = 0`` reached from ``(x, t)`` (``t`` = the grid's last positive
+        time, ``t_min``) given the denoiser there: the exact last step of every solver. The
+        kernel at ``t = 0`` is the source itself, so this is the posterior mean scaled by
+        ``a(0)`` — ``denoised`` for fields whose kernel is centred on ``y`` (the default)."""
+        return denoised
+
+    def schedule(self) -> AffineSchedule | None:
+        """``a(t)``, ``s(t)`` for denoiser-form (exponential) solvers; ``None`` for fields
+        without an affine kernel."""
+        return None
 
     # --- noise level and time ------------------------------------------------------------
+    @abc.abstractmethod
     def sigma(self, t: Tensor) -> Tensor:
         """Effective noise level in data units at time ``t`` (EDM's sigma), for
         preconditioning and loss weights."""
-        raise NotImplementedError
 
     def denoiser_coefficients(self, x: Tensor, t: Tensor, sigma_data: float):
         """EDM preconditioning ``(c_skip, c_out, c_in, c_noise)``, each ``(B,)``, for states
@@ -150,14 +181,17 @@ class Field:
         """
         return edm_coefficients(self.sigma(t), sigma_data)
 
-    def velocity_coefficients(self, x: Tensor, t: Tensor, sigma_data: float):
+    def velocity_coefficients(self, x: Tensor, t: Tensor, sigma_data: float,
+                              coefficients=None):
         """Velocity-form preconditioning ``(v_skip, v_out)``, each ``(B,)``: the model's
         velocity is ``v_skip·x + v_out·F`` for the raw network output ``F``.
 
         ``v_skip·x`` should be the part of the velocity known in closed form (the exact
         velocity for data ``N(0, sd² I)``) and ``v_out`` the size per coordinate of the rest,
         so that ``F`` is O(1) and its errors are not multiplied by the long time spans of
-        fields with a large ``t_max``. Default: ``(0, 1)`` (the network is the velocity).
+        fields with a large ``t_max``. ``coefficients``: this state's
+        :meth:`denoiser_coefficients` when the caller has them (saves recomputing them).
+        Default: ``(0, 1)`` (the network is the velocity).
         """
         ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         return torch.zeros_like(ones), ones
@@ -166,13 +200,16 @@ class Field:
         """Factor that maps the state ``x`` to data scale before the network: ``1 / a(t)``."""
         return torch.ones_like(torch.as_tensor(t))
 
+    @abc.abstractmethod
     def t_from_sigma(self, sigma: Tensor) -> Tensor:
         """Inverse of :meth:`sigma`."""
-        raise NotImplementedError
 
-    def sample_training_time(self, n: int, *, generator=None, device=None) -> Tensor:
+    def sample_training_time(self, n: int, *, generator=None, device=None,
+                             law_hint: str | None = None) -> Tensor:
         """Training times ``(n,)``: ``ln sigma ~ N(p_mean, p_std^2)`` mapped through
-        :meth:`t_from_sigma` and kept inside ``(0, t_max]``."""
+        :meth:`t_from_sigma` and kept inside ``(0, t_max]``. ``law_hint`` is the objective's
+        preferred law (``"uniform"`` or ``"lognormal"``) for fields whose configured law is
+        ``null`` (only the linear field has a choice)."""
         z = torch.randn(n, generator=generator, device=device)
         sigma = torch.exp(self.train_p_mean + self.train_p_std * z)
         return self.t_from_sigma(sigma).clamp(max=self.t_max)
@@ -183,8 +220,7 @@ class Field:
 
     def describe(self) -> dict:
         """Facts written into run directories and logs."""
-        return {"field": self.name, "t_min": self.t_min, "t_max": self.t_max,
-                "objective": self.objective, "prediction": self.prediction}
+        return {"field": self.name, "t_min": self.t_min, "t_max": self.t_max}
 
 
 class AffineField(Field):
@@ -195,7 +231,7 @@ class AffineField(Field):
     new affine field is a few lines.
     """
 
-    supported_objectives = ("denoiser", "velocity")
+    has_denoiser_form = True
 
     def __init__(self, noise: NoiseLaw, **kwargs):
         super().__init__(**kwargs)
@@ -257,11 +293,27 @@ class AffineField(Field):
         s_max = float(self.s(torch.tensor(self.t_max, dtype=torch.float64)))
         return self.noise.log_prob(x / s_max) - event_dim(x) * math.log(s_max)
 
-    # drift ------------------------------------------------------------------------------
+    # denoiser form ----------------------------------------------------------------------
     def drift_from_denoiser(self, x, t, denoised):
         tb = bcast(t, x)
         a, s = self.a(tb), self.s(tb)
         return self.da(tb) * denoised + self.ds(tb) / s * (x - a * denoised)
+
+    def denoiser_from_drift(self, x, t, drift):
+        """Invert ``f = a' D + (s'/s)(x − a D)`` for ``D``: ``D = (s f − s' x) / (s a' − s' a)``;
+        the denominator is ``−a² dσ/dt`` (``σ = s/a``), nonzero wherever the noise level
+        moves."""
+        tb = bcast(t, x)
+        a, s, da, ds = self.a(tb), self.s(tb), self.da(tb), self.ds(tb)
+        return (s * drift - ds * x) / (s * da - ds * a)
+
+    def final_state(self, x, t, denoised):
+        """``x_0 = a(0) D(x, t_min)``: the kernel at ``t = 0`` is ``a(0) y`` (``s(0) = 0``)."""
+        a0 = self.a(torch.zeros((), dtype=torch.float64))
+        return float(a0) * denoised
+
+    def schedule(self):
+        return AffineSchedule(self)
 
     def sigma(self, t):
         return self.s(t) / self.a(t) * self.noise.scale
@@ -285,15 +337,18 @@ class AffineField(Field):
         xs = x * bcast(self.input_scale(t), x)
         d = event_dim(x)
         sd2 = sigma_data**2
-        level2 = sigma.double()[:, None] ** 2 / w.to(sigma.device)[None, :]  # (B, K)
+        # in the states' dtype: the softmax is shift-invariant, and float32 keeps the
+        # coefficients' relative error ~1e-6 (float64 here cost ~8% of a training step)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        level2 = sigma[:, None] ** 2 / w.to(device=x.device, dtype=x.dtype)[None, :]  # (B, K)
         var = sd2 + level2
-        sq = xs.double().flatten(1).pow(2).sum(1, keepdim=True)
+        sq = xs.flatten(1).pow(2).sum(1, keepdim=True)
         post = torch.softmax(-0.5 * d * var.log() - 0.5 * sq / var, dim=1)
         c_skip = (post * sd2 / var).sum(1)
         c_out = (post * sd2 * level2 / var).sum(1).sqrt()
         c_in = (post * var).sum(1).rsqrt()
         c_noise = (post * level2).sum(1).log() / 8
-        return tuple(c.to(sigma.dtype) for c in (c_skip, c_out, c_in, c_noise))
+        return c_skip, c_out, c_in, c_noise
 
     def noise_level(self, x: Tensor, t: Tensor) -> Tensor:
         """Per-coordinate noise level in data units, ``s/a · q.coordinate_scale(d)``, at times
@@ -301,14 +356,14 @@ class AffineField(Field):
         law's spread per coordinate depends on ``d`` (radial profiles). Returns ``(B,)``."""
         return self.s(t) / self.a(t) * self.noise.coordinate_scale(event_dim(x))
 
-    def velocity_coefficients(self, x, t, sigma_data):
+    def velocity_coefficients(self, x, t, sigma_data, coefficients=None):
         """The denoiser parametrisation carried through the affine drift: with
         ``D = c_skip x~ + c_out F`` (``x~ = x·input_scale``) the velocity
         ``v = (s'/s) x + (a' − a s'/s) D`` is ``v_skip x + v_out F`` with
         ``v_skip = s'/s + (a' − a s'/s) c_skip input_scale`` and
         ``v_out = (a' − a s'/s) c_out``. So the velocity objective trains the same network
         output as the denoiser objective, weighted by ``v_out²`` instead of ``1``."""
-        c_skip, c_out, _, _ = self.denoiser_coefficients(x, t, sigma_data)
+        c_skip, c_out, _, _ = coefficients or self.denoiser_coefficients(x, t, sigma_data)
         a, s, da, ds = self.a(t), self.s(t), self.da(t), self.ds(t)
         k = da - a * ds / s
         return ds / s + k * c_skip * self.input_scale(t), k * c_out

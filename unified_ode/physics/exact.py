@@ -28,6 +28,10 @@ class ExactPosterior(nn.Module):
         The force field whose kernel defines the posterior.
     data:
         ``(M, *shape)`` data points (the finite data set).
+    parametrisation:
+        What ``forward`` predicts (a :class:`unified_ode.parametrisation.Parametrisation` of
+        ``field``, asked through its ``exact(posterior, x, t)``); ``None``: the posterior mean
+        for fields with a denoiser form, the posterior velocity otherwise.
     query_chunk, data_chunk:
         Chunk sizes (rows of queries, rows of data) that bound memory.
     dtype:
@@ -35,43 +39,54 @@ class ExactPosterior(nn.Module):
         and rounding matters most, near ``t_min``).
     """
 
-    def __init__(self, field: Field, data: Tensor, *, query_chunk: int = 256,
-                 data_chunk: int = 2048, dtype: torch.dtype = torch.float64):
+    def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
+                 query_chunk: int = 256, data_chunk: int = 2048,
+                 dtype: torch.dtype = torch.float64):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
                              f"{tuple(data.shape)}")
         self.field = field
+        self.parametrisation = parametrisation
         self.register_buffer("data", data.detach().to(dtype), persistent=False)
         self.query_chunk = int(query_chunk)
         self.data_chunk = int(data_chunk)
         self.dtype = dtype
 
-    @property
-    def prediction(self) -> str:
-        return self.field.prediction
-
     @torch.no_grad()
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns ``(N, *shape)`` in ``x``'s
-        dtype: ``E[y | x, t]`` (denoiser form) or ``E[v(x, t | y) | x, t]`` (velocity form)."""
+        """``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns the parametrisation's exact
+        prediction ``(N, *shape)`` in ``x``'s dtype."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        if self.parametrisation is not None:
+            return self.parametrisation.exact(self, x, t)
+        if self.field.has_denoiser_form:
+            return self.posterior_mean(x, t)
+        return self.posterior_velocity(x, t)
+
+    @torch.no_grad()
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[y | x, t]`` ``(N, *shape)`` in ``x``'s dtype (the exact denoiser)."""
+        return self._stream(x, t, velocity=False)
+
+    @torch.no_grad()
+    def posterior_velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[v(x, t | y) | x, t]`` ``(N, *shape)`` in ``x``'s dtype (the exact drift)."""
+        return self._stream(x, t, velocity=True)
+
+    def _stream(self, x: Tensor, t: Tensor, velocity: bool) -> Tensor:
         out_dtype = x.dtype
         x = x.to(self.dtype)
         t = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(x.shape[0])
-        outs = [self._chunk(x[i:i + self.query_chunk], t[i:i + self.query_chunk])
+        outs = [self._chunk(x[i:i + self.query_chunk], t[i:i + self.query_chunk], velocity)
                 for i in range(0, x.shape[0], self.query_chunk)]
-        out = torch.cat(outs)
-        if self.field.prediction not in ("denoiser", "velocity"):
-            # a field-specific kind (PFGM's normalised field): a function of the denoiser
-            out = self.field.prediction_from_denoiser(x, t, out)
-        return out.to(out_dtype)
+        return torch.cat(outs).to(out_dtype)
 
-    def _chunk(self, x: Tensor, t: Tensor) -> Tensor:
+    def _chunk(self, x: Tensor, t: Tensor, velocity: bool) -> Tensor:
         n = x.shape[0]
         running_max = torch.full((n,), -torch.inf, dtype=self.dtype, device=x.device)
         denom = torch.zeros(n, dtype=self.dtype, device=x.device)
         acc = torch.zeros_like(x)
-        velocity = self.field.prediction == "velocity"
         for j in range(0, self.data.shape[0], self.data_chunk):
             y = self.data[j:j + self.data_chunk]
             logits = self.field.pairwise_kernel_log_prob(x, y, t)  # (n, m)

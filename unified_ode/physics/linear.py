@@ -43,13 +43,12 @@ class LinearField(AffineField):
         Last time of the ODE before the final step to 0.
     train_time_law:
         ``"uniform"`` (``t ~ U(0, 1)``, rectified flow) or ``"lognormal"`` (EDM's
-        ``ln σ ~ N(p_mean, p_std²)`` with ``σ = t/(1−t)``). Default: uniform for the velocity
-        objective, lognormal for the denoiser objective (whose weight ``1/c_out²`` grows like
-        ``1/t²``).
+        ``ln σ ~ N(p_mean, p_std²)`` with ``σ = t/(1−t)``). ``None`` (default): the
+        objective's own law — uniform for the velocity objective, lognormal for the denoiser
+        objective (whose weight ``1/c_out²`` grows like ``1/t²``).
     """
 
     name = "linear"
-    supported_objectives = ("velocity", "denoiser")
 
     def __init__(self, prior: str = "gaussian", half_width: float = 3.0 ** 0.5,
                  t_min: float = 1e-3, t_max: float = 1.0, train_time_law: str | None = None,
@@ -63,11 +62,9 @@ class LinearField(AffineField):
         noise = GaussianNoise() if prior == "gaussian" else UniformCubeNoise(half_width)
         super().__init__(noise=noise, t_min=t_min, t_max=t_max, **kwargs)
         self.prior = prior
-        if train_time_law is None:
-            train_time_law = "uniform" if self.objective == "velocity" else "lognormal"
-        if train_time_law not in TIME_LAWS:
-            raise ValueError(f"physics.train_time_law={train_time_law!r}; choose one of "
-                             f"{list(TIME_LAWS)}")
+        if train_time_law is not None and train_time_law not in TIME_LAWS:
+            raise ValueError(f"physics.train_time_law={train_time_law!r}; choose null (the "
+                             f"objective's own law) or one of {list(TIME_LAWS)}")
         self.train_time_law = train_time_law
 
     # schedule ---------------------------------------------------------------------------
@@ -118,8 +115,10 @@ class LinearField(AffineField):
         return c_skip, c_out, c_in, t.clone()
 
     # training times and grid ------------------------------------------------------------
-    def sample_training_time(self, n, *, generator=None, device=None):
-        if self.train_time_law == "uniform":
+    def sample_training_time(self, n, *, generator=None, device=None, law_hint=None):
+        """``train_time_law`` when set, else the objective's ``law_hint`` (velocity:
+        uniform, denoiser: lognormal), else lognormal."""
+        if (self.train_time_law or law_hint) == "uniform":
             # U(0, 1), kept off t = 0 where the denoiser weight 1/c_out² is infinite
             return torch.rand(n, generator=generator, device=device).clamp_min(1e-6)
         return super().sample_training_time(n, generator=generator, device=device)
@@ -130,4 +129,4 @@ class LinearField(AffineField):
 
     def describe(self):
         return {**super().describe(), "prior": self.prior,
-                "train_time_law": self.train_time_law}
+                "train_time_law": self.train_time_law or "by objective"}

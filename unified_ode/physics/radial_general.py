@@ -85,7 +85,6 @@ class RadialGeneralField(Field):
     """
 
     name = "radial_general"
-    supported_objectives = ("velocity",)
 
     def __init__(self, psi: str = "mixture", log_survival=None, tau: float = 1.0,
                  t_min: float = 0.002, t_max: float = 100.0, **kwargs):
@@ -225,12 +224,12 @@ class RadialGeneralField(Field):
         level = self.sigma(t) * (self.radius_rms / math.sqrt(event_dim(x)))
         return edm_coefficients(level, sigma_data)
 
-    def velocity_coefficients(self, x, t, sigma_data):
+    def velocity_coefficients(self, x, t, sigma_data, coefficients=None):
         """Rays are nearly straight (speed ``≈ r/t``), so the velocity is preconditioned like
         that of a straight-ray field, ``v ≈ (x − D)/t``, with EDM's coefficients at the
         per-coordinate level above: ``v_skip = (1 − c_skip)/t``, ``v_out = −c_out/t``. The
         network learns the rest, including the bending of the rays."""
-        c_skip, c_out, _, _ = self.denoiser_coefficients(x, t, sigma_data)
+        c_skip, c_out, _, _ = coefficients or self.denoiser_coefficients(x, t, sigma_data)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         return (1 - c_skip) / t, -c_out / t
 

@@ -2,9 +2,10 @@
 
 The adaptive solver integrates from ``times[0]`` to the last nonzero time of the grid; the
 grid's other times are only where its dense output is read (for trajectories), so they do not
-change the steps it takes. A grid that ends at ``t = 0`` gets one Euler (denoising) step from
+change the steps it takes. A grid that ends at ``t = 0`` gets the flow's exact last step from
 ``t_min`` to 0 afterwards, as in the fixed-step solvers. NFE is the measured number of drift
-calls, including torchdiffeq's initial step-size selection and rejected steps.
+calls, including torchdiffeq's initial step-size selection and rejected steps; ``max_nfe``
+ends a solve that cannot reach its tolerance with a clear error (the ``t`` reached, the NFE).
 
 ``time_variable="log"`` integrates ``dx/du = t · f(x, t)`` in ``u = ln t``; this is how PFGM
 samples (RK45 in ``ln z`` from ``z_max`` to ``z_min = 1e-3`` with ``rtol = atol = 1e-4`` and no
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from unified_ode.solvers.base import Solver
+from unified_ode.solvers.base import CountingFlow, Solver
 
 TIME_VARIABLES = ("t", "log")
 
@@ -32,6 +33,9 @@ class Dopri5(Solver):
         ``"t"`` or ``"log"`` (integrate in ``ln t``; needs ``t > 0`` on the adaptive part).
     max_num_steps:
         Upper bound on accepted + rejected steps (an error beyond it).
+    max_nfe:
+        Upper bound on network evaluations (``None``: none); beyond it the solve stops with
+        :class:`~unified_ode.solvers.base.NFELimitExceeded` naming the ``t`` reached.
     """
 
     name = "dopri5"
@@ -40,13 +44,16 @@ class Dopri5(Solver):
         return None  # set by the step-size control, measured by a call counter
 
     def __init__(self, steps: int = 18, *, rtol: float = 1e-5, atol: float = 1e-5,
-                 time_variable: str = "log", max_num_steps: int = 100_000, **kwargs):
+                 time_variable: str = "log", max_num_steps: int = 100_000,
+                 max_nfe: int | None = 10_000, **kwargs):
         super().__init__(steps=steps, **kwargs)
         if time_variable not in TIME_VARIABLES:
             raise ValueError(f"solver.time_variable must be one of {TIME_VARIABLES}, got "
                              f"{time_variable!r}")
         if not (rtol > 0 and atol > 0):
             raise ValueError(f"solver.rtol and solver.atol must be positive, got {rtol}, {atol}")
+        if max_nfe is not None and int(max_nfe) < 3:
+            raise ValueError(f"solver.max_nfe must be null or >= 3, got {max_nfe}")
         if self.final_step and self.steps < 2:
             raise ValueError("dopri5 with final_step needs solver.steps >= 2: its output grid "
                              "must contain t_min before the final step to 0")
@@ -54,8 +61,19 @@ class Dopri5(Solver):
         self.atol = float(atol)
         self.time_variable = time_variable
         self.max_num_steps = int(max_num_steps)
+        self.max_nfe = None if max_nfe is None else int(max_nfe)
 
-    def _integrate(self, drift, x, times, record):
+    def _counter(self, flow, bar):
+        """Counts calls up to ``max_nfe`` (then a clear error naming the reached ``t``); the
+        progress bar shows the time reached and the NFE so far (this solver syncs anyway)."""
+        def on_call(t, nfe):
+            if bar is not None and nfe % 10 == 0:
+                bar.set_postfix_str(f"t = {float(t):.4g}, NFE = {nfe}", refresh=False)
+                bar.refresh()
+
+        return CountingFlow(flow, max_nfe=self.max_nfe, on_call=on_call)
+
+    def _integrate(self, flow, x, times, observe):
         from torchdiffeq import odeint
 
         denoise = bool(times[-1] == 0)
@@ -69,11 +87,11 @@ class Dopri5(Solver):
 
         def rate(u: Tensor, state: Tensor) -> Tensor:
             t = (u.exp() if log else u).to(dtype=state.dtype)
-            f = drift(state, t)
+            f = flow.drift(state, t)
             return t * f if log else f
 
-        if self.record_every <= 0:  # no trajectory: read the dense output at the end only
-            out_t = out_t[[0, -1]]
+        if observe.every <= 0 and observe.callback is None:
+            out_t = out_t[[0, -1]]  # no trajectory: read the dense output at the end only
         grid = (out_t.log() if log else out_t).to(device=x.device)
         first_step, f0 = initial_step(rate, grid[0], grid[-1], x, self.rtol, self.atol)
         cache = [f0]
@@ -89,16 +107,16 @@ class Dopri5(Solver):
                         options={"max_num_steps": self.max_num_steps, "first_step": first_step,
                                  "step_t": grid[-1:]})
         for i in range(len(out_t)):
-            record(i, states[i], out_t[i], final=not denoise and i == len(out_t) - 1)
+            observe(i, states[i], out_t[i], final=not denoise and i == len(out_t) - 1)
         x = states[-1]
         if denoise:
-            h = (times[-1] - times[-2]).item()
-            x = x + h * drift(x, times[-2].to(dtype=x.dtype, device=x.device))
-            record(len(out_t), x, times[-1], final=True)
+            x = flow.last_step(x, times[-2].to(dtype=x.dtype, device=x.device))
+            observe(len(out_t), x, times[-1], final=True)
         return x
 
     def describe(self) -> dict:
         return {**super().describe(), "rtol": self.rtol, "atol": self.atol,
+                "max_nfe": self.max_nfe,
                 "time_variable": self.time_variable, "adaptive": True,
                 "note": "steps/grid set only the output grid; the solver picks its own steps"}
 

@@ -1,24 +1,29 @@
-"""Solver interface: integrate ``dx/dt = f(x, t)`` over a monotone time grid, counting NFE.
+"""Solver interface: integrate a generative ODE over a monotone time grid, counting NFE.
 
-A *drift* is any callable ``f(x, t) -> dx/dt`` with ``x`` ``(B, *shape)`` and ``t`` a scalar
-tensor; each call is one network evaluation (NFE). A *denoiser* is a callable ``D(x, t) ->
-E[y | x, t]`` of the same signature; solvers in denoiser form (the multistep exponential
-integrators) call it instead of the drift, and its calls count as NFE too. Solvers never
-special-case a field: the field only supplies its default time grid
-(:meth:`Field.default_grid`) and, for denoiser-form solvers, its schedule ``a(t)``, ``s(t)``.
+Solvers see a **flow** (:class:`Flow`), never a physics class: ``flow.drift(x, t)`` is
+``dx/dt``; ``flow.denoiser(x, t)`` is ``E[y | x, t]``; ``flow.last_step(x, t)`` is the exact
+step from ``t`` (the grid's last positive time) to ``t = 0``; ``flow.schedule`` is ``None`` or
+an affine schedule with ``a(t)``, ``s(t)`` (float64 scalars) for the denoiser-form
+(exponential) solvers. ``x`` is ``(B, *shape)`` and ``t`` a scalar tensor; every call of a
+flow method is one network evaluation (NFE), counted by wrapping the flow
+(:class:`CountingFlow`), never computed from a formula.
+:class:`unified_ode.parametrisation.ProbabilityFlow` makes a flow of a model and its field.
 
 Generation runs on a decreasing grid from ``t_max`` to ``t_min`` and, optionally, a final
-step to exactly ``t = 0``, where the drift of an affine field, ``(s'/s)(x − a D) + a' D``, is
-undefined (``s(0) = 0``). Every solver takes that last step as one Euler step, which for an
-affine field is exactly the denoising step ``x_0 = a(0) D(x, t_min)`` when ``a' = 0`` (the
-``a = 1, s = t`` fields) and the first-order step otherwise; the denoiser-form solvers take
-the denoising step ``x_0 = a(0) D`` itself. Either way it costs one NFE.
+step to exactly ``t = 0``, where the drift is undefined (``s(0) = 0``). Every solver takes
+that last step as ``flow.last_step`` — for an affine field ``x = a(t) y + s(t) eps`` the exact
+``x_0 = a(0) D(x, t_min)`` whatever ``a`` and ``s`` — at the cost of one NFE.
+
+Fixed-step solvers share one loop (:meth:`Solver._integrate`) and implement only
+:meth:`Solver.step`; states along the way reach the caller through ``record_every`` (kept in
+:attr:`SolveResult.trajectory`) and ``callback(i, x, t)``, and ``progress=True`` shows a bar.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -26,17 +31,43 @@ from torch import Tensor
 from unified_ode.timegrid import GRID_KINDS, make_grid
 
 Drift = Callable[[Tensor, Tensor], Tensor]
+#: ``callback(i, x, t)``: called with the state after step ``i`` (``i = 0``: the start) and
+#: its float time ``t``.
+StepCallback = Callable[[int, Tensor, float], None]
+
+
+class Schedule(Protocol):
+    """``a(t)`` and ``s(t)`` of an affine kernel ``x = a(t) y + s(t) eps`` (float64 floats)."""
+
+    def a(self, t) -> float: ...
+
+    def s(self, t) -> float: ...
+
+
+class Flow(Protocol):
+    """What a solver integrates (see the module docstring)."""
+
+    #: affine schedule for denoiser-form solvers, or None
+    schedule: Schedule | None
+    #: the field's name, for error messages
+    name: str
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+    def denoiser(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+    def last_step(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
 @dataclass
 class SolveResult:
     """What a solver returns.
 
-    x: final states ``(B, *shape)``; nfe: exact number of network calls (drift and denoiser
-    calls together); times: the float64 time grid used ``(steps + 1,)`` (for the adaptive
-    solver: the grid of output times its dense output is read at); trajectory: recorded states
-    ``(K, B, *shape)`` or None; trajectory_times: ``(K,)`` times of the recorded states;
-    eval_times: ``(nfe,)`` float64 times at which the network was called, in call order.
+    x: final states ``(B, *shape)``; nfe: exact number of network calls (every flow call);
+    times: the float64 time grid used ``(steps + 1,)`` (for the adaptive solver: the grid of
+    output times its dense output is read at); trajectory: recorded states ``(K, B, *shape)``
+    or None; trajectory_times: ``(K,)`` times of the recorded states; eval_times: ``(nfe,)``
+    float64 times at which the network was called, in call order.
     """
 
     x: Tensor
@@ -47,40 +78,98 @@ class SolveResult:
     eval_times: Tensor | None = None
 
 
-class CountingDrift:
-    """Wraps a drift (or denoiser) and counts its calls: the NFE is measured, never computed
-    from a formula. ``log`` (a list, optional, shared between wrappers) receives the time of
-    every call."""
+class NFELimitExceeded(RuntimeError):
+    """A solve needed more network evaluations than the solver's ``max_nfe``."""
 
-    def __init__(self, drift: Drift, log: list[float] | None = None):
-        self.drift = drift
+
+class CountingFlow:
+    """Wraps a flow and counts its calls (drift, denoiser and last step alike) and their times.
+
+    ``max_nfe``: raise :class:`NFELimitExceeded` at the call that would exceed it (None: no
+    limit). ``on_call(t, nfe)``: optional, called at every call (adaptive solvers' progress).
+    """
+
+    def __init__(self, flow: Flow, *, max_nfe: int | None = None, on_call=None):
+        self.flow = flow
+        self.schedule = getattr(flow, "schedule", None)
+        self.name = getattr(flow, "name", type(flow).__name__)
         self.calls = 0
-        self.log = log
+        self.times: list[Tensor] = []
+        self.max_nfe = max_nfe
+        self.on_call = on_call
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def _count(self, t: Tensor) -> None:
+        # the time is kept as a tensor (no host sync per call); read once in eval_times()
+        t = torch.as_tensor(t).reshape(-1)[0].detach()
+        if self.max_nfe is not None and self.calls >= self.max_nfe:
+            raise NFELimitExceeded(
+                f"the solver reached its limit of {self.max_nfe} network evaluations at "
+                f"t = {float(t):.6g} without finishing; raise solver.max_nfe, loosen "
+                "solver.rtol/atol, or use a fixed-step solver (solver=heun)")
         self.calls += 1
-        if self.log is not None:
-            self.log.append(float(torch.as_tensor(t).reshape(-1)[0]))
-        return self.drift(x, t)
+        self.times.append(t)
+        if self.on_call is not None:
+            self.on_call(t, self.calls)
+
+    def eval_times(self) -> Tensor:
+        """``(calls,)`` float64 CPU times of the calls, in call order."""
+        if not self.times:
+            return torch.zeros(0, dtype=torch.float64)
+        return torch.stack([t.to(torch.float64) for t in self.times]).cpu()
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        self._count(t)
+        return self.flow.drift(x, t)
+
+    def denoiser(self, x: Tensor, t: Tensor) -> Tensor:
+        self._count(t)
+        return self.flow.denoiser(x, t)
+
+    def last_step(self, x: Tensor, t: Tensor) -> Tensor:
+        self._count(t)
+        return self.flow.last_step(x, t)
 
 
-class Recorder:
-    """Keeps every ``every``-th state (always the first and the last) for field-line plots."""
+class DriftFlow:
+    """A flow from a bare drift ``f(x, t)`` (for ODEs that are not a model's: tests, the
+    likelihood). Its last step to ``t = 0`` is one Euler step; it has no denoiser."""
 
-    def __init__(self, every: int):
-        self.every = int(every)
+    schedule = None
+    name = "drift"
+
+    def __init__(self, drift: Drift):
+        self.drift = drift
+
+    def denoiser(self, x, t):
+        raise TypeError("a bare drift has no denoiser; use a solver in drift form "
+                        "(euler, heun, rk4, lms, dopri5)")
+
+    def last_step(self, x, t):
+        return x - torch.as_tensor(t, dtype=x.dtype, device=x.device) * self.drift(x, t)
+
+
+class Monitor:
+    """Observes the states of a solve: keeps every ``record_every``-th one (always the first and
+    the last) for trajectories, calls ``callback`` and advances a progress bar."""
+
+    def __init__(self, record_every: int = 0, callback: StepCallback | None = None,
+                 bar=None):
+        self.every = int(record_every)
+        self.callback = callback
+        self.bar = bar
         self.states: list[Tensor] = []
         self.times: list[float] = []
         self._last_step = -1
 
-    def __call__(self, step: int, x: Tensor, t: Tensor, *, final: bool = False) -> None:
-        if self.every <= 0:
-            return
-        if step % self.every == 0 or final:
-            if step == self._last_step:
-                return
+    def __call__(self, step: int, x: Tensor, t, *, final: bool = False) -> None:
+        tf = float(t)
+        if self.callback is not None:
+            self.callback(step, x, tf)
+        if self.bar is not None and step > 0:
+            self.bar.update(1)
+        if self.every > 0 and (step % self.every == 0 or final) and step != self._last_step:
             self.states.append(x.detach().clone())
-            self.times.append(float(t))
+            self.times.append(tf)
             self._last_step = step
 
     def result(self) -> tuple[Tensor | None, Tensor | None]:
@@ -92,6 +181,17 @@ class Recorder:
 def step_time(times: Tensor, i: int, x: Tensor) -> Tensor:
     """``times[i]`` as a scalar tensor in ``x``'s dtype and on its device."""
     return times[i].to(dtype=x.dtype, device=x.device)
+
+
+def check_grid(times) -> Tensor:
+    """``times`` as a float64 CPU tensor, checked to be a strictly monotone 1-D grid."""
+    times = torch.as_tensor(times).to(torch.float64).cpu()
+    if times.ndim != 1 or times.numel() < 2:
+        raise ValueError(f"a time grid needs at least 2 times, got shape {tuple(times.shape)}")
+    diffs = times[1:] - times[:-1]
+    if not (torch.all(diffs < 0) or torch.all(diffs > 0)):
+        raise ValueError(f"the time grid must be strictly monotone, got {times.tolist()}")
+    return times
 
 
 class Solver:
@@ -108,21 +208,19 @@ class Solver:
     t_min, t_max:
         Override the field's time range (``None``: the field's).
     final_step:
-        End with a step from ``t_min`` to exactly 0 (a denoising step for affine fields).
-    record_every:
-        Record every k-th state into ``SolveResult.trajectory`` (0: none).
+        End with the exact step from ``t_min`` to 0 (``flow.last_step``).
 
-    Subclasses implement :meth:`_integrate` (drift form) or, with ``needs_denoiser = True``,
-    :meth:`_integrate_denoiser` (denoiser form on an affine field).
+    A fixed-step solver implements :meth:`step` (one grid interval; ``state`` is a dict it may
+    keep history in). An adaptive one overrides :meth:`_integrate`.
     """
 
     name = "solver"
-    #: True for solvers that need ``denoiser=`` and an affine ``field=`` in :meth:`solve`.
-    needs_denoiser = False
+    #: True for solvers that need ``flow.schedule`` (an affine field's ``a``, ``s``).
+    needs_schedule = False
 
     def __init__(self, steps: int = 18, grid: str | None = None, rho: float = 7.0,
                  t_min: float | None = None, t_max: float | None = None,
-                 final_step: bool = True, record_every: int = 0):
+                 final_step: bool = True):
         if int(steps) < 1:
             raise ValueError(f"solver.steps must be >= 1, got {steps}")
         if grid is not None and grid not in GRID_KINDS:
@@ -134,7 +232,6 @@ class Solver:
         self.t_min = t_min
         self.t_max = t_max
         self.final_step = bool(final_step)
-        self.record_every = int(record_every)
 
     def nfe_for_steps(self, steps: int) -> int | None:
         """Network calls of a ``steps``-step solve with this solver's settings (``final_step``
@@ -154,7 +251,8 @@ class Solver:
         return steps
 
     def time_grid(self, field) -> Tensor:
-        """The ``(steps + 1,)`` float64 grid this solver uses with ``field``."""
+        """The ``(steps + 1,)`` float64 grid this solver uses with ``field`` (anything with
+        ``t_min``, ``t_max`` and ``default_grid(steps, final_step=...)``)."""
         t_min = field.t_min if self.t_min is None else float(self.t_min)
         t_max = field.t_max if self.t_max is None else float(self.t_max)
         if self.grid is None and self.t_min is None and self.t_max is None:
@@ -162,52 +260,71 @@ class Solver:
         return make_grid(self.grid or "edm", self.steps, t_min, t_max, rho=self.rho,
                          final_step=self.final_step)
 
-    def solve(self, drift: Drift, x: Tensor, times: Tensor, *, denoiser: Drift | None = None,
-              field=None) -> SolveResult:
-        """Integrate from ``times[0]`` to ``times[-1]`` starting at ``x`` ``(B, *shape)``.
+    def solve(self, flow: Flow, x: Tensor, times: Tensor, *, record_every: int = 0,
+              callback: StepCallback | None = None, progress: bool = False) -> SolveResult:
+        """Integrate ``flow`` from ``times[0]`` to ``times[-1]`` starting at ``x``
+        ``(B, *shape)``. ``times``: a strictly monotone 1-D grid (float64 is kept).
 
-        ``drift``: ``f(x, t)``. ``denoiser``, ``field``: the denoiser ``D(x, t)`` and the
-        affine field it belongs to, required by denoiser-form solvers (``needs_denoiser``) and
-        ignored by the others. ``times``: a strictly monotone 1-D grid (float64 is kept).
+        ``record_every``: keep every k-th state in the result's trajectory (0: none);
+        ``callback(i, x, t)``: called with every state; ``progress``: show a bar over steps.
+        A bare drift function is accepted too (wrapped in :class:`DriftFlow`).
         """
-        times = torch.as_tensor(times).to(torch.float64).cpu()
-        if times.ndim != 1 or times.numel() < 2:
-            raise ValueError(f"a time grid needs at least 2 times, got shape {tuple(times.shape)}")
-        diffs = times[1:] - times[:-1]
-        if not (torch.all(diffs < 0) or torch.all(diffs > 0)):
-            raise ValueError("the time grid must be strictly monotone, got "
-                             f"{times.tolist()}")
-        log: list[float] = []
-        counter = CountingDrift(drift, log)
-        recorder = Recorder(self.record_every)
-        if self.needs_denoiser:
-            from unified_ode.solvers.affine import AffineSchedule
+        times = check_grid(times)
+        if callable(flow) and not hasattr(flow, "drift"):
+            flow = DriftFlow(flow)
+        if self.needs_schedule and getattr(flow, "schedule", None) is None:
+            raise ValueError(
+                f"solver={self.name} works in denoiser form and needs an affine field "
+                f"(x = a(t) y + s(t) eps); physics={getattr(flow, 'name', '?')} is not one. "
+                "Use solver=heun, rk4, lms or dopri5.")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-            if denoiser is None:
-                raise ValueError(
-                    f"solver={self.name} works in denoiser form and needs "
-                    "solve(..., denoiser=D, field=field); GenerativeODE.sample passes them. "
-                    "Use solver=heun, rk4 or dopri5 with a drift only.")
-            schedule = AffineSchedule.of(field, self.name)
-            den = CountingDrift(denoiser, log)
-            x = self._integrate_denoiser(den, x, times, recorder, schedule)
-            nfe = den.calls + counter.calls
-        else:
-            x = self._integrate(counter, x, times, recorder)
-            nfe = counter.calls
-        traj, traj_t = recorder.result()
-        return SolveResult(x=x, nfe=nfe, times=times, trajectory=traj, trajectory_times=traj_t,
-                           eval_times=torch.tensor(log, dtype=torch.float64))
+            bar = tqdm(total=len(times) - 1, desc=f"{self.name} steps", unit="step",
+                       leave=False)
+        counter = self._counter(flow, bar)
+        monitor = Monitor(record_every, callback, bar)
+        try:
+            x = self._integrate(counter, x, times, monitor)
+        finally:
+            if bar is not None:
+                bar.close()
+        traj, traj_t = monitor.result()
+        return SolveResult(x=x, nfe=counter.calls, times=times, trajectory=traj,
+                           trajectory_times=traj_t, eval_times=counter.eval_times())
 
-    def _integrate(self, drift: Drift, x: Tensor, times: Tensor, record: Recorder) -> Tensor:
-        raise NotImplementedError
+    def _counter(self, flow: Flow, bar) -> CountingFlow:
+        """The counting wrapper of this solve (adaptive solvers add a limit and progress)."""
+        return CountingFlow(flow)
 
-    def _integrate_denoiser(self, denoiser: Drift, x: Tensor, times: Tensor, record: Recorder,
-                            schedule) -> Tensor:
-        raise NotImplementedError
+    def _integrate(self, flow: CountingFlow, x: Tensor, times: Tensor, observe: Monitor
+                   ) -> Tensor:
+        """The shared fixed-step loop: :meth:`step` on every interval, ``flow.last_step`` on
+        an interval that ends at ``t = 0``."""
+        observe(0, x, times[0])
+        n = len(times) - 1
+        # the grid on the states' device once (no host->device copy per step); state["t"][i]
+        # is the network's time argument, times[i] (float64, CPU) the step's coefficients'
+        state: dict = {"t": times.to(device=x.device, dtype=x.dtype)}
+        for i in range(n):
+            if times[i + 1] == 0:
+                x = flow.last_step(x, state["t"][i])
+            else:
+                x = self.step(flow, x, times, i, state)
+            observe(i + 1, x, times[i + 1], final=i == n - 1)
+        return x
+
+    def step(self, flow: CountingFlow, x: Tensor, times: Tensor, i: int, state: dict
+             ) -> Tensor:
+        """One step from ``times[i]`` to ``times[i + 1]`` (never 0). ``times``: the float64 CPU
+        grid; ``state``: a dict that persists over the steps of one solve, holding ``"t"``,
+        the grid in the states' dtype and device (call the flow at ``state["t"][i]``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step() or "
+                                  "_integrate()")
 
     def describe(self) -> dict:
         """Facts written into outputs (``sample_info.json``) and logs."""
         return {"solver": self.name, "steps": self.steps, "grid": self.grid or "field default",
                 "rho": self.rho, "t_min": self.t_min, "t_max": self.t_max,
-                "final_step": self.final_step, "record_every": self.record_every}
+                "final_step": self.final_step}

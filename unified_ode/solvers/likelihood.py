@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from unified_ode.solvers.adaptive import TIME_VARIABLES, initial_step
-from unified_ode.solvers.base import CountingDrift, Drift
+from unified_ode.solvers.base import CountingFlow, Drift, DriftFlow
 
 DIVERGENCES = ("auto", "exact", "hutchinson")
 
@@ -144,7 +144,7 @@ def log_likelihood(drift: Drift, field, x: Tensor, *, divergence: str = "auto",
     if divergence == "hutchinson":
         eps = rademacher((int(probes), *x.shape), generator=generator, dtype=x.dtype)
         eps = eps.to(x.device)
-    counter = CountingDrift(drift)
+    counter = CountingFlow(DriftFlow(drift))
     b, shape = x.shape[0], x.shape[1:]
 
     def rate(u: Tensor, state: Tensor) -> Tensor:
@@ -152,7 +152,7 @@ def log_likelihood(drift: Drift, field, x: Tensor, *, divergence: str = "auto",
         if progress is not None:
             progress(float(t))
         xs = state[:, :dims].reshape(b, *shape)
-        f, div = drift_divergence(counter, xs, t, divergence, eps)
+        f, div = drift_divergence(counter.drift, xs, t, divergence, eps)
         out = torch.cat([f.flatten(1), div[:, None]], dim=1)
         return t * out if log else out
 

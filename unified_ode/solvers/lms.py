@@ -9,16 +9,15 @@ with ``L_j`` the Lagrange basis polynomials through those times, so the update i
 exactly any drift that is a polynomial of degree ``< k`` in ``t`` along the path. The weights are
 computed in float64 by Gauss–Legendre quadrature (exact for these polynomials). One drift call
 per step, NFE = steps. The drift is never evaluated at ``t = 0``; a step that ends at 0 is, as
-for every solver, one Euler step (the denoising step for the ``a = 1, s = t`` fields). Unlike
-the exponential integrators it needs no affine schedule, so it also serves fields such as
-``radial_general``.
+for every solver, the flow's exact last step. Unlike the exponential integrators it needs no
+affine schedule, so it also serves fields such as ``radial_general``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from unified_ode.solvers.base import Solver, step_time
+from unified_ode.solvers.base import Solver
 
 
 def adams_bashforth_weights(nodes: list[float], t0: float, t1: float) -> list[float]:
@@ -49,24 +48,16 @@ class AdamsBashforth(Solver):
             raise ValueError(f"solver.order must be 1, 2, 3 or 4, got {order}")
         self.order = int(order)
 
-    def _integrate(self, drift, x, times, record):
-        record(0, x, times[0])
-        n = len(times) - 1
-        t = [float(v) for v in times]
-        history: list = []  # drifts at t_i, t_{i−1}, … (newest first)
-        for i in range(n):
-            history = [drift(x, step_time(times, i, x)), *history][: self.order]
-            if t[i + 1] == 0:
-                x = x + (t[i + 1] - t[i]) * history[0]
-            else:
-                nodes = [t[i - j] for j in range(len(history))]
-                w = adams_bashforth_weights(nodes, t[i], t[i + 1])
-                step = w[0] * history[0]
-                for wj, fj in zip(w[1:], history[1:]):
-                    step = step + wj * fj
-                x = x + step
-            record(i + 1, x, times[i + 1], final=i == n - 1)
-        return x
+    def step(self, flow, x, times, i, state):
+        history = state.setdefault("history", [])  # drifts at t_i, t_{i−1}, … (newest first)
+        history.insert(0, flow.drift(x, state["t"][i]))
+        del history[self.order:]
+        t = [float(times[i - j]) for j in range(len(history))]
+        w = adams_bashforth_weights(t, t[0], float(times[i + 1]))
+        out = x + w[0] * history[0]
+        for wj, fj in zip(w[1:], history[1:]):
+            out = out + wj * fj
+        return out
 
     def describe(self) -> dict:
         return {**super().describe(), "order": self.order}

@@ -12,7 +12,7 @@ Replacing ``D`` by its Taylor polynomial ``D + D_λ u + D_λλ u²/2`` at the cu
 and the derivatives come from a Newton polynomial in ``λ`` through the last ``order`` denoiser
 outputs (DPM-Solver++'s "taylor" form; Lu et al. 2022). One denoiser call per step, so
 NFE = steps. The first steps use the history they have (orders 1, 2, …); a step that ends at
-``s = 0`` (``t = 0``, λ = ∞) is the denoising step ``x_0 = a(0) D``; a step that starts where
+``t = 0`` (λ = ∞) is the flow's exact last step ``x_0 = a(0) D``; a step that starts where
 ``a = 0`` (λ = −∞, e.g. rectified flow at ``t = 1``) is the exact first-order step
 ``x' = (s'/s) x + a' D`` and starts a fresh history. With ``lower_order_final`` and fewer than
 15 steps, the order of the ``k``-th last step is at most ``k`` (DPM-Solver's guard against
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from unified_ode.solvers.base import Solver, step_time
+from unified_ode.solvers.base import Solver
 
 #: ``lower_order_final`` applies to grids with fewer steps than this (DPM-Solver's rule).
 LOWER_ORDER_FINAL_BELOW = 15
@@ -32,6 +32,17 @@ LOWER_ORDER_FINAL_BELOW = 15
 
 def _log(v: float) -> float:
     return math.log(v) if v > 0 else -math.inf
+
+
+def schedule_arrays(schedule, times, state: dict) -> tuple[list, list, list]:
+    """``a(t_i)``, ``s(t_i)`` and ``λ_i = log(a/s)`` (``+inf`` where ``s = 0``) over the grid, as
+    float64 lists, computed once per solve and kept in ``state``."""
+    if "lam" not in state:
+        a = [schedule.a(t) for t in times]
+        s = [schedule.s(t) for t in times]
+        state["a"], state["s"] = a, s
+        state["lam"] = [_log(ai) - _log(si) if si > 0 else math.inf for ai, si in zip(a, s)]
+    return state["a"], state["s"], state["lam"]
 
 
 class DPMSolverPP(Solver):
@@ -46,7 +57,7 @@ class DPMSolverPP(Solver):
     """
 
     name = "dpmpp"
-    needs_denoiser = True
+    needs_schedule = True
 
     SECOND_ORDER = ("midpoint", "taylor")
 
@@ -62,31 +73,22 @@ class DPMSolverPP(Solver):
         self.lower_order_final = bool(lower_order_final)
         self.second_order = second_order
 
-    def _integrate_denoiser(self, denoiser, x, times, record, schedule):
-        a = [schedule.a(t) for t in times]
-        s = [schedule.s(t) for t in times]
-        lam = [_log(ai) - _log(si) if si > 0 else math.inf for ai, si in zip(a, s)]
-        history: list[tuple[float, object]] = []  # (lambda, D), newest last
-        record(0, x, times[0])
+    def step(self, flow, x, times, i, state):
+        a, s, lam = schedule_arrays(flow.schedule, times, state)
         n = len(times) - 1
-        for i in range(n):
-            den = denoiser(x, step_time(times, i, x))
-            if math.isfinite(lam[i]):
-                history = [*history[-(self.order - 1):], (lam[i], den)] if self.order > 1 \
-                    else [(lam[i], den)]
-            else:
-                history = []
-            if s[i + 1] == 0:
-                x = a[i + 1] * den
-            else:
-                h = lam[i + 1] - lam[i]
-                order = len(history) if math.isfinite(h) else 1
-                if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
-                    order = min(order, n - i)
-                x = self._step(x, den, history, max(order, 1), h, s[i + 1] / s[i], a[i + 1],
-                               self.second_order == "midpoint")
-            record(i + 1, x, times[i + 1], final=i == n - 1)
-        return x
+        den = flow.denoiser(x, state["t"][i])
+        history = state.setdefault("history", [])  # (lambda, D), newest last
+        if math.isfinite(lam[i]):
+            history.append((lam[i], den))
+            del history[:-self.order]
+        else:
+            history.clear()
+        h = lam[i + 1] - lam[i]
+        order = len(history) if math.isfinite(h) else 1
+        if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+            order = min(order, n - i)
+        return self._step(x, den, history, max(order, 1), h, s[i + 1] / s[i], a[i + 1],
+                          self.second_order == "midpoint")
 
     @staticmethod
     def _step(x, den, history, order, h, ratio, a_next, midpoint=True):

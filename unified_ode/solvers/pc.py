@@ -11,8 +11,9 @@ DPM-Solver++(kM)); the denoiser is then evaluated at the predicted state — the
 next step needs anyway — and the *corrector* redoes the step with the polynomial that also
 interpolates that new value (one order higher, like UniPC's UniC). The next step reuses the
 denoiser value at the predicted state (PEC), so NFE = steps, as for the plain multistep
-solvers. No corrector on a step that ends at ``t = 0`` (the denoising step ``x_0 = a(0) D``)
-or on the very last step of a grid without it (its correction would cost one more call).
+solvers. A step that ends at ``t = 0`` is the flow's exact last step ``x_0 = a(0) D``; the
+step before it and the very last step of a grid without it have no corrector (its call would
+be extra).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import math
 
 import torch
 
-from unified_ode.solvers.base import Solver, step_time
-from unified_ode.solvers.multistep import LOWER_ORDER_FINAL_BELOW, _log
+from unified_ode.solvers.base import Solver
+from unified_ode.solvers.multistep import LOWER_ORDER_FINAL_BELOW, schedule_arrays
 
 
 def scaled_exp_moments(h: float, k: int) -> list[float]:
@@ -74,7 +75,7 @@ class ExpPC(Solver):
     """
 
     name = "exppc"
-    needs_denoiser = True
+    needs_schedule = True
 
     def __init__(self, steps: int = 18, *, order: int = 3, corrector: bool = True,
                  lower_order_final: bool = True, **kwargs):
@@ -85,45 +86,41 @@ class ExpPC(Solver):
         self.corrector = bool(corrector)
         self.lower_order_final = bool(lower_order_final)
 
-    def _integrate_denoiser(self, denoiser, x, times, record, schedule):
-        a = [schedule.a(t) for t in times]
-        s = [schedule.s(t) for t in times]
-        lam = [_log(ai) - _log(si) if si > 0 else math.inf for ai, si in zip(a, s)]
-        history: list[tuple[float, object]] = []  # (lambda, D), newest last
-        den = None  # D at (the predicted) x_i, when the previous step already evaluated it
-        record(0, x, times[0])
+    def step(self, flow, x, times, i, state):
+        a, s, lam = schedule_arrays(flow.schedule, times, state)
         n = len(times) - 1
-        for i in range(n):
-            if den is None:
-                den = denoiser(x, step_time(times, i, x))
-            history = [*history, (lam[i], den)][-self.order:] if math.isfinite(lam[i]) else []
-            if s[i + 1] == 0:  # the denoising step to t = 0
-                x, den = a[i + 1] * den, None
-                record(i + 1, x, times[i + 1], final=i == n - 1)
-                continue
-            h = lam[i + 1] - lam[i]
-            ratio, a1 = s[i + 1] / s[i], a[i + 1]
-            if not math.isfinite(h) or not history:  # from a = 0: the exact first-order step
-                x_pred = ratio * x + a1 * den
-                past = []
-            else:
-                p = len(history)
-                if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
-                    p = min(p, n - i)
-                past = history[-p:]
-                x_pred = ratio * x + a1 * self._combine(past, lam[i], h)
-            if self.corrector and i + 1 < n:
-                den_next = denoiser(x_pred, step_time(times, i + 1, x))
-                if past and math.isfinite(lam[i + 1]):
-                    nodes = [*history[-self.order:], (lam[i + 1], den_next)]
-                    x = ratio * x + a1 * self._combine(nodes, lam[i], h)
-                else:
-                    x = x_pred
-                den = den_next
-            else:
-                x, den = x_pred, None
-            record(i + 1, x, times[i + 1], final=i == n - 1)
-        return x
+        # D at (the predicted) x_i, when the previous step's corrector already evaluated it
+        den = state.pop("den", None)
+        if den is None:
+            den = flow.denoiser(x, state["t"][i])
+        history = state.setdefault("history", [])  # (lambda, D), newest last
+        if math.isfinite(lam[i]):
+            history.append((lam[i], den))
+            del history[:-self.order]
+        else:
+            history.clear()
+        h = lam[i + 1] - lam[i]
+        ratio, a1 = s[i + 1] / s[i], a[i + 1]
+        if not math.isfinite(h) or not history:  # from a = 0: the exact first-order step
+            x_pred = ratio * x + a1 * den
+            past = []
+        else:
+            p = len(history)
+            if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+                p = min(p, n - i)
+            past = history[-p:]
+            x_pred = ratio * x + a1 * self._combine(past, lam[i], h)
+        # No corrector at the grid's end (its call would be extra), nor before the last step to
+        # t = 0: that step is a(0)·D(x_pred, t_min) either way (the corrected state is only used
+        # through D at the predicted one), so the corrector's call would be wasted.
+        if not self.corrector or i + 1 >= n or times[i + 2] == 0:
+            return x_pred
+        den_next = flow.denoiser(x_pred, state["t"][i + 1])
+        state["den"] = den_next
+        if past and math.isfinite(lam[i + 1]):
+            nodes = [*history[-self.order:], (lam[i + 1], den_next)]
+            return ratio * x + a1 * self._combine(nodes, lam[i], h)
+        return x_pred
 
     @staticmethod
     def _combine(nodes, lam0: float, h: float):
