@@ -14,6 +14,7 @@ from unified_ode.errors import UserError
 from unified_ode.networks import MLP
 from unified_ode.networks.precond import Preconditioned
 from unified_ode.objectives import DenoiserObjective, VelocityObjective
+from unified_ode.parametrisation import Denoiser, ProbabilityFlow, Velocity
 from unified_ode.physics import (
     ExactPosterior,
     LinearField,
@@ -204,7 +205,7 @@ def test_vp_schedule_closed_forms():
 
 def test_linear_field_basics():
     field = LinearField()
-    assert field.objective == "velocity" and field.t_max == 1.0
+    assert field.train_time_law is None and field.t_max == 1.0
     with pytest.raises(ValueError, match="t_max must be 1"):
         LinearField(t_max=2.0)
     with pytest.raises(ValueError, match="gaussian"):
@@ -220,7 +221,15 @@ def test_linear_field_basics():
     assert all(torch.isfinite(c).all() for c in field.denoiser_coefficients(x, one, 1.0))
     torch.testing.assert_close(field.kernel_log_prob(x, y, one),
                                field.kernel_log_prob(x, torch.zeros_like(y), one))
-    ts = LinearField().sample_training_time(10000, generator=g)
+    # train_time_law: null follows the objective (velocity: uniform; denoiser: lognormal)
+    ts = LinearField().sample_training_time(10000, generator=g,
+                                            law_hint=VelocityObjective.time_law_hint)
+    assert stats.kstest(ts.numpy(), "uniform").statistic < 0.02
+    ts = LinearField().sample_training_time(10000, generator=g,
+                                            law_hint=DenoiserObjective.time_law_hint)
+    assert stats.kstest(ts.numpy(), "uniform").statistic > 0.1
+    ts = LinearField(train_time_law="uniform").sample_training_time(
+        10000, generator=g, law_hint=DenoiserObjective.time_law_hint)
     assert stats.kstest(ts.numpy(), "uniform").statistic < 0.02
 
 
@@ -288,9 +297,10 @@ def test_radial_general_user_psi_matches_builtin():
     torch.testing.assert_close(builtin.psi(r, torch.ones_like(r)),
                                user_mixture_psi(r, torch.ones_like(r)))
     assert mixture_log_survival(torch.tensor([1e4]), torch.tensor([1.0])) < -9e3  # tail-exact
-    assert builtin.objective == "velocity"
-    with pytest.raises(ValueError, match="objective"):
-        RadialGeneralField(objective="denoiser")
+    assert not builtin.has_denoiser_form
+    with pytest.raises(UserError, match="objective=denoiser cannot train physics=radial_general"
+                                        ".*Valid choices for this field: objective=velocity"):
+        DenoiserObjective().bind(builtin)
     with pytest.raises(UserError, match="radial CDF"):
         RadialGeneralField(psi="tests.test_fields:bad_psi")
 
@@ -300,43 +310,57 @@ def bad_psi(r, t):
     return 0.5 + 0.5 * torch.tanh(r / t)
 
 
-LANDING = [  # (id, field factory, tolerance on the distance to the nearest data point)
-    ("poisson", lambda: PoissonField(t_min=1e-5), 1e-3),
-    ("ve", VEField, 1e-3),
-    ("pfgmpp_D8", lambda: PFGMPPField(D=8), 1e-3),
-    ("pfgmpp_D128", PFGMPPField, 1e-3),
-    ("vp_tmin1e-5", lambda: VPField(t_min=1e-5), 2e-3),
-    ("vp_default", VPField, 5e-2),  # σ(t_min = 1e-3) = 0.0105; the last Euler step halves it
-    ("linear_gaussian", LinearField, 1e-3),
-    ("linear_gaussian_denoiser", lambda: LinearField(objective="denoiser"), 1e-3),
-    ("linear_uniform", lambda: LinearField(prior="uniform"), 1e-3),
-    ("radial_tanh", RadialProfileField, 1e-3),
-    ("radial_exp", lambda: RadialProfileField(profile="exp"), 1e-3),
-    ("radial_general", RadialGeneralField, 1e-3),
+LANDING = [  # (id, field factory, parametrisation, tolerance on the distance to the data)
+    ("poisson", lambda: PoissonField(t_min=1e-5), None, 1e-3),
+    ("ve", VEField, None, 1e-3),
+    ("pfgmpp_D8", lambda: PFGMPPField(D=8), None, 1e-3),
+    ("pfgmpp_D128", PFGMPPField, None, 1e-3),
+    ("vp_tmin1e-5", lambda: VPField(t_min=1e-5), None, 1e-3),
+    # σ(t_min = 1e-3) = 0.0105: the old last step (one Euler step) left half of it (tol 5e-2);
+    # the exact last step a(0)·D(x, t_min) lands
+    ("vp_default", VPField, None, 1e-3),
+    ("linear_gaussian", LinearField, Velocity, 1e-3),
+    ("linear_gaussian_denoiser", LinearField, Denoiser, 1e-3),
+    ("linear_uniform", lambda: LinearField(prior="uniform"), Velocity, 1e-3),
+    ("radial_tanh", RadialProfileField, None, 1e-3),
+    ("radial_exp", lambda: RadialProfileField(profile="exp"), None, 1e-3),
+    ("radial_general", RadialGeneralField, Velocity, 1e-3),
 ]
 
 
-@pytest.mark.parametrize(("name", "factory", "tol"), LANDING, ids=[c[0] for c in LANDING])
+@pytest.mark.parametrize(("name", "factory", "param", "tol"), LANDING,
+                         ids=[c[0] for c in LANDING])
 @pytest.mark.parametrize("d", [2, 16])
-def test_exact_field_lands_on_data(name, factory, tol, d):
+def test_exact_field_lands_on_data(name, factory, param, tol, d):
     """The exact field of 32 points, integrated from the prior with Heun (40 steps, 79 NFE,
     the field's default grid), ends within ``tol`` of a data point for all 200 samples, and
     reaches at least 28 of the 32 points."""
     field = factory()
     data = torch.randn(32, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    model = ExactPosterior(field, data)
-
-    def drift(x, t):
-        tb = t.expand(x.shape[0])
-        return field.drift(x, tb, model(x, tb))
-
+    param = (param or Denoiser)(field)
+    flow = ProbabilityFlow(param, ExactPosterior(field, data, parametrisation=param))
     x_T = field.sample_prior(200, (d,), generator=torch.Generator().manual_seed(1),
                              dtype=torch.float64)
-    result = Heun(steps=40).solve(drift, x_T, field.default_grid(40))
+    result = Heun(steps=40).solve(flow, x_T, field.default_grid(40))
     dist = torch.cdist(result.x, data)
     assert result.nfe == 79
     assert dist.min(1).values.max() < tol, dist.min(1).values.max()
     assert len(torch.unique(dist.argmin(1))) >= 28
+
+
+class WithCoefficients(torch.nn.Module):
+    """A model that returns the field's preconditioning coefficients with its prediction, as
+    :class:`Preconditioned` does (the weighted denoiser loss asks for them)."""
+
+    def __init__(self, model, field, sigma_data):
+        super().__init__()
+        self.model, self.field, self.sigma_data = model, field, sigma_data
+
+    def forward(self, x, t, return_coefficients=False):
+        out = self.model(x, t)
+        if not return_coefficients:
+            return out
+        return out, self.field.denoiser_coefficients(x, t, self.sigma_data)
 
 
 def _train(field, objective, steps=300, seed=0):
@@ -348,7 +372,8 @@ def _train(field, objective, steps=300, seed=0):
     angles = torch.randint(0, 8, (4096,), generator=g) * (2 * math.pi / 8)
     data = torch.stack([angles.cos(), angles.sin()], 1) * 1.4
     data = data + 0.1 * torch.randn(4096, 2, generator=g)
-    model = Preconditioned(MLP([2], width=64, depth=2, time_embed_dim=32), field, sigma_data=1.0)
+    param = objective.bind(field)
+    model = Preconditioned(MLP([2], width=64, depth=2, time_embed_dim=32), param, sigma_data=1.0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def held_out_loss(m):
@@ -363,13 +388,14 @@ def _train(field, objective, steps=300, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    floor = held_out_loss(ExactPosterior(field, data, dtype=torch.float32))
+    floor = held_out_loss(WithCoefficients(
+        ExactPosterior(field, data, dtype=torch.float32, parametrisation=param), field, 1.0))
     return before, held_out_loss(model), floor
 
 
 @pytest.mark.parametrize(("field", "objective"), [
-    (PFGMPPField(D=128), DenoiserObjective(1.0)),
-    (VPField(), DenoiserObjective(1.0)),
+    (PFGMPPField(D=128), DenoiserObjective()),
+    (VPField(), DenoiserObjective()),
     (LinearField(), VelocityObjective()),
     (RadialGeneralField(), VelocityObjective()),
 ], ids=["pfgmpp-denoiser", "vp-denoiser", "linear-velocity", "radial_general-velocity"])
@@ -387,14 +413,13 @@ def test_objective_reduces_loss(field, objective):
 def test_affine_velocity_form_is_the_denoiser_form_through_the_drift(factory):
     """For an affine field the preconditioned velocity model, v_skip x + v_out F, is exactly the
     drift of the preconditioned denoiser c_skip x~ + c_out F built on the same network."""
-    vel = factory()
-    vel.objective = "velocity"
-    den = factory()
-    den.objective = "denoiser"
+    field = factory()
     net = MLP([3], width=32, depth=1, time_embed_dim=16).double()
     g = torch.Generator().manual_seed(0)
     x = 2 * torch.randn(64, 3, dtype=torch.float64, generator=g)
-    t = vel.t_min + (vel.t_max - vel.t_min) * torch.rand(64, dtype=torch.float64, generator=g)
-    v = Preconditioned(net, vel, sigma_data=0.7)(x, t)
+    t = field.t_min + (field.t_max - field.t_min) * torch.rand(64, dtype=torch.float64,
+                                                              generator=g)
+    den = Denoiser(field)
+    v = Preconditioned(net, Velocity(field), sigma_data=0.7)(x, t)
     d = Preconditioned(net, den, sigma_data=0.7)(x, t)
     torch.testing.assert_close(v, den.drift(x, t, d))

@@ -9,8 +9,10 @@ import torch
 
 from unified_ode.networks import MLP
 from unified_ode.networks.precond import Preconditioned
-from unified_ode.objectives import PFGMObjective, build_objective, empirical_poisson_field
-from unified_ode.physics import ExactPosterior, PoissonField
+from unified_ode.errors import UserError
+from unified_ode.objectives import PFGMNormalisedObjective, empirical_poisson_field
+from unified_ode.parametrisation import Denoiser, PFGMNormalisedField, ProbabilityFlow
+from unified_ode.physics import ExactPosterior, PFGMPPField, PoissonField, VEField
 from unified_ode.solvers import Heun
 
 
@@ -53,30 +55,29 @@ def test_empirical_field_is_the_exact_poisson_posterior():
 
 
 def test_target_is_sqrt_d_E_over_norm_plus_gamma():
-    field = PoissonField(objective="pfgm", pfgm={"gamma": 3.0})
     g = torch.Generator().manual_seed(1)
     ref = torch.randn(100, 4, generator=g, dtype=torch.float64)
     x = torch.randn(20, 4, generator=g, dtype=torch.float64) * 4
     t = torch.rand(20, generator=g, dtype=torch.float64) + 0.1
     e = naive_field(x, t, ref)
     full = math.sqrt(4) * e / (e.norm(dim=1, keepdim=True) + 3.0)
-    target = PFGMObjective(chunk=13).targets(field, x, t, ref)
+    target = PFGMNormalisedObjective(gamma=3.0, chunk=13).targets(x, t, ref)
     torch.testing.assert_close(target, full[:, :4], rtol=1e-12, atol=1e-12)
 
 
 def test_normalized_field_inverts_exactly():
     """The drift uses D recovered from v = normalized_field(x, t, D): exact round trip, at
     every scale of t and ||x − D|| (including far-out prior points)."""
-    field = PoissonField(objective="pfgm")
+    param = PFGMNormalisedField(PoissonField())
     g = torch.Generator().manual_seed(2)
     for d in (2, 16):
         scales = torch.logspace(-3, 3, 64, dtype=torch.float64)[:, None]
         x = torch.randn(64, d, generator=g, dtype=torch.float64) * scales
         den = torch.randn(64, d, generator=g, dtype=torch.float64)
         t = torch.logspace(-3, 2, 64, dtype=torch.float64)[torch.randperm(64, generator=g)]
-        v = field.normalized_field(x, t, den)
+        v = param.from_denoiser(x, t, den)
         assert float(v.norm(dim=1).max()) < math.sqrt(d)
-        back = field.denoiser_from_normalized_field(x, t, v)
+        back = param.to_denoiser(x, t, v)
         torch.testing.assert_close(back, den, rtol=1e-8, atol=1e-8 * float(x.abs().max()))
 
 
@@ -85,31 +86,29 @@ def test_exact_normalized_field_drift_equals_denoiser_drift_and_lands_on_data():
     normalised field gives the same ODE as the exact denoiser, and its samples land on the
     data points."""
     data = torch.tensor([[1.0, 0.5], [-1.0, -0.5], [0.3, -1.2]], dtype=torch.float64)
-    pfgm, den = PoissonField(objective="pfgm"), PoissonField()
-    exact_pfgm, exact_den = ExactPosterior(pfgm, data), ExactPosterior(den, data)
-    assert exact_pfgm.prediction == "normalized_field"
+    field = PoissonField()
+    pfgm, den = PFGMNormalisedField(field), Denoiser(field)
+    flow_pfgm = ProbabilityFlow(pfgm, ExactPosterior(field, data, parametrisation=pfgm))
+    flow_den = ProbabilityFlow(den, ExactPosterior(field, data, parametrisation=den))
     g = torch.Generator().manual_seed(3)
     x = torch.randn(50, 2, generator=g, dtype=torch.float64) * 3
     t = torch.rand(50, generator=g, dtype=torch.float64) * 10 + 0.01
-    torch.testing.assert_close(pfgm.drift(x, t, exact_pfgm(x, t)),
-                               den.drift(x, t, exact_den(x, t)), rtol=1e-8, atol=1e-8)
-    x_T = pfgm.sample_prior(64, (2,), generator=g, dtype=torch.float64)
+    torch.testing.assert_close(flow_pfgm.drift(x, t), flow_den.drift(x, t), rtol=1e-8,
+                               atol=1e-8)
+    x_T = field.sample_prior(64, (2,), generator=g, dtype=torch.float64)
     solver = Heun(steps=40)
 
-    def solve(field, model):
-        def drift(z, s):
-            s = s.expand(z.shape[0])
-            return field.drift(z, s, model(z, s))
-        return solver.solve(drift, x_T, solver.time_grid(field)).x
+    def solve(flow):
+        return solver.solve(flow, x_T, solver.time_grid(field)).x
 
-    x0 = solve(pfgm, exact_pfgm)
-    torch.testing.assert_close(x0, solve(den, exact_den), rtol=1e-6, atol=1e-6)
+    x0 = solve(flow_pfgm)
+    torch.testing.assert_close(x0, solve(flow_den), rtol=1e-6, atol=1e-6)
     nearest = torch.cdist(x0, data).min(1).values
     assert float(nearest.median()) < 1e-4 and float((nearest < 1e-2).double().mean()) > 0.9
 
 
 def test_reference_buffer_keeps_recent_training_batches():
-    obj = PFGMObjective(reference_size=10, small_batch=2)
+    obj = PFGMNormalisedObjective(reference_size=10, small_batch=2)
     batches = [torch.full((4, 2), float(i)) for i in range(4)]
     refs = [obj.reference(b) for b in batches]
     assert refs[0].shape[0] == 4 and refs[1].shape[0] == 8
@@ -118,23 +117,28 @@ def test_reference_buffer_keeps_recent_training_batches():
     assert refs[3][:4].eq(3).all() and refs[3][4:8].eq(2).all() and refs[3][8:].eq(1).all()
 
 
-def test_build_objective_and_config_errors():
-    field = PoissonField(objective="pfgm", pfgm={"reference_size": 512, "small_batch": 32})
-    obj = build_objective(field)
-    assert isinstance(obj, PFGMObjective)
-    assert (obj.reference_size, obj.small_batch) == (512, 32)
-    with pytest.raises(ValueError, match="unknown physics.pfgm"):
-        PoissonField(pfgm={"gama": 5})
+def test_objective_binds_only_to_the_poisson_field_and_names_valid_choices():
+    obj = PFGMNormalisedObjective(gamma=2.0, reference_size=512, small_batch=32)
+    param = obj.bind(PoissonField())
+    assert isinstance(param, PFGMNormalisedField) and param.gamma == 2.0
+    assert isinstance(obj.bind(PFGMPPField(D=1)), PFGMNormalisedField)
+    with pytest.raises(UserError, match=r"cannot train physics=ve.*objective=denoiser, "
+                                        r"objective=velocity\."):
+        obj.bind(VEField())
+    with pytest.raises(ValueError, match="gamma"):
+        PFGMNormalisedObjective(gamma=-1)
+    with pytest.raises(ValueError, match="small_batch"):
+        PFGMNormalisedObjective(small_batch=0)
 
 
 def test_pfgm_objective_reduces_the_loss():
     """200 Adam steps of a small MLP on a 2-D mixture: the held-out PFGM loss (fixed draws)
     falls well below its value at initialisation."""
     torch.manual_seed(0)
-    field = PoissonField(objective="pfgm", pfgm={"reference_size": 1024, "small_batch": 128})
-    model = Preconditioned(MLP(data_shape=[2], width=64, depth=2, time_embed_dim=16), field,
-                           sigma_data=1.0)
-    objective = build_objective(field)
+    field = PoissonField()
+    objective = PFGMNormalisedObjective(reference_size=1024, small_batch=128)
+    model = Preconditioned(MLP(data_shape=[2], width=64, depth=2, time_embed_dim=16),
+                           objective.bind(field), sigma_data=1.0)
     g = torch.Generator().manual_seed(0)
     centers = torch.tensor([[1.5, 0.0], [-1.5, 0.0], [0.0, 1.5]])
 
@@ -143,7 +147,7 @@ def test_pfgm_objective_reduces_the_loss():
             n, 2, generator=gen)
 
     def eval_loss():
-        ev = PFGMObjective(reference_size=1024, small_batch=512)
+        ev = PFGMNormalisedObjective(reference_size=1024, small_batch=512)
         ev.reference(batch(512, torch.Generator().manual_seed(99)))
         with torch.no_grad():
             return float(ev(model, field, batch(512, torch.Generator().manual_seed(98)),

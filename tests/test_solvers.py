@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, run_script
+from unified_ode.parametrisation import Denoiser, ProbabilityFlow, Velocity
 from unified_ode.physics import ExactPosterior, PoissonField, VEField
 from unified_ode.physics.base import AffineField, Field
 from unified_ode.physics.noise import GaussianNoise
@@ -27,7 +28,6 @@ from unified_ode.solvers import (
     Euler,
     ExpPC,
     Heun,
-    model_denoiser,
 )
 from unified_ode.solvers.lms import adams_bashforth_weights
 from unified_ode.timegrid import make_grid
@@ -61,17 +61,14 @@ class SigmaVP(AffineField):
 
 
 def exact_problem(field, n_data=4, n_query=48, seed=0):
-    """(drift, denoiser, x0) of the exact field of ``n_data`` Gaussian points in 2-D."""
+    """(flow, x0, data): the exact field of ``n_data`` Gaussian points in 2-D as a flow (in
+    denoiser form), and ``n_query`` start states."""
     g = torch.Generator().manual_seed(seed)
     data = torch.randn(n_data, 2, generator=g, dtype=F64)
-    model = ExactPosterior(field, data)
-
-    def drift(x, t):
-        tb = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
-        return field.drift(x, tb, model(x, tb))
-
+    param = Denoiser(field)
+    flow = ProbabilityFlow(param, ExactPosterior(field, data, parametrisation=param))
     x0 = 2.0 * torch.randn(n_query, 2, generator=g, dtype=F64)
-    return drift, model_denoiser(field, model), x0, data
+    return flow, x0, data
 
 
 def rms(a, b):
@@ -95,18 +92,18 @@ ORDER_CASES = [  # (solver factory, expected order, tolerance)
 @functools.cache
 def smooth_problem(field_cls):
     field = field_cls()
-    drift, den, x0, _ = exact_problem(field)
-    ref = RK4(steps=640).solve(drift, x0, make_grid("uniform", 640, 0.5, 2.0,
-                                                    final_step=False)).x
-    return field, drift, den, x0, ref
+    flow, x0, _ = exact_problem(field)
+    ref = RK4(steps=640).solve(flow, x0, make_grid("uniform", 640, 0.5, 2.0,
+                                                   final_step=False)).x
+    return field, flow, x0, ref
 
 
 def measured_order(field_cls, make_solver, ns=(8, 16, 32, 64, 128)):
-    field, drift, den, x0, ref = smooth_problem(field_cls)
+    field, flow, x0, ref = smooth_problem(field_cls)
     errs = []
     for n in ns:
         grid = make_grid("uniform", n, 0.5, 2.0, final_step=False)
-        errs.append(rms(make_solver(n).solve(drift, x0, grid, denoiser=den, field=field).x, ref))
+        errs.append(rms(make_solver(n).solve(flow, x0, grid).x, ref))
     lx = torch.tensor([math.log(n) for n in ns], dtype=F64)
     ly = torch.tensor([math.log(e) for e in errs], dtype=F64)
     slope = ((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum()
@@ -136,12 +133,11 @@ def test_dpmpp3m_beats_2m_and_converges():
 def test_exppc_without_corrector_is_dpmpp(order, reference):
     """The generic exponential weights reproduce the hand-derived 2M/3M steps (same grid)."""
     field = VEField()
-    drift, den, x0, _ = exact_problem(field)
+    flow, x0, _ = exact_problem(field)
     for steps in (4, 10, 20):
         grid = field.default_grid(steps)
-        a = reference(steps=steps).solve(drift, x0, grid, denoiser=den, field=field).x
-        b = ExpPC(steps=steps, order=order, corrector=False).solve(
-            drift, x0, grid, denoiser=den, field=field).x
+        a = reference(steps=steps).solve(flow, x0, grid).x
+        b = ExpPC(steps=steps, order=order, corrector=False).solve(flow, x0, grid).x
         assert rms(a, b) < 1e-10, (steps, rms(a, b))
 
 
@@ -178,12 +174,12 @@ def test_lms_order_4_beats_order_2_and_2m_variants_agree_to_second_order():
     _, e2 = measured_order(VEField, lambda n: AdamsBashforth(steps=n, order=2))
     assert all(a < b for a, b in zip(e4, e2)), (e4, e2)
     field = VEField()
-    drift, den, x0, _ = exact_problem(field)
+    flow, x0, _ = exact_problem(field)
     gaps = []
     for n in (16, 64):
         grid = make_grid("uniform", n, 0.5, 2.0, final_step=False)
         a, b = (DPMSolverPP2M(steps=n, second_order=v, lower_order_final=False).solve(
-            drift, x0, grid, denoiser=den, field=field).x for v in ("midpoint", "taylor"))
+            flow, x0, grid).x for v in ("midpoint", "taylor"))
         gaps.append(rms(a, b))
     assert gaps[1] < gaps[0] / 10, gaps
 
@@ -191,10 +187,10 @@ def test_lms_order_4_beats_order_2_and_2m_variants_agree_to_second_order():
 def test_first_order_exponential_step_is_euler_on_ve():
     """For a = 1, s = t, DPM-Solver++ of order 1 is Euler, step for step (up to rounding)."""
     field = VEField()
-    drift, den, x0, _ = exact_problem(field)
+    flow, x0, _ = exact_problem(field)
     grid = field.default_grid(7)
-    a = Euler(steps=7).solve(drift, x0, grid).x
-    b = DPMSolverPP(steps=7, order=1).solve(drift, x0, grid, denoiser=den, field=field).x
+    a = Euler(steps=7).solve(flow, x0, grid).x
+    b = DPMSolverPP(steps=7, order=1).solve(flow, x0, grid).x
     assert rms(a, b) < 1e-12
 
 
@@ -213,22 +209,23 @@ NFE_FORMULAS = {  # steps, final_step -> NFE
 @pytest.mark.parametrize("name", sorted(NFE_FORMULAS))
 @pytest.mark.parametrize("final_step", [True, False])
 def test_nfe_is_exact_for_fixed_step_solvers(name, final_step):
+    """NFE counts every network call (drift, denoiser and the last step), measured by a
+    counter on the model itself."""
     field = PoissonField()
-    drift, den, x0, _ = exact_problem(field, n_query=8)
+    flow, x0, _ = exact_problem(field, n_query=8)
     calls = {"n": 0}
+    model = flow.model
 
-    def counted(f):
-        def g(x, t):
-            calls["n"] += 1
-            return f(x, t)
-        return g
+    def counted(x, t):
+        calls["n"] += 1
+        return model(x, t)
 
+    flow.model = counted
     cls, formula = NFE_FORMULAS[name]
     for steps in (1, 2, 5, 9):
         calls["n"] = 0
         solver = cls(steps=steps, final_step=final_step)
-        res = solver.solve(counted(drift), x0, solver.time_grid(field),
-                           denoiser=counted(den), field=field)
+        res = solver.solve(flow, x0, solver.time_grid(field))
         assert res.nfe == formula(steps, final_step) == calls["n"], (steps, res.nfe)
         assert solver.nfe_for_steps(steps) == res.nfe
         assert len(res.eval_times) == res.nfe
@@ -249,17 +246,19 @@ def test_steps_within_is_the_largest_grid_inside_the_budget():
 @pytest.mark.parametrize("time_variable", ["t", "log"])
 def test_dopri5_nfe_matches_a_call_counter_and_converges(time_variable):
     field = VEField()
-    drift, _, x0, data = exact_problem(field, n_query=32)
+    flow, x0, data = exact_problem(field, n_query=32)
     calls = {"n": 0}
+    model = flow.model
 
     def counted(x, t):
         calls["n"] += 1
-        return drift(x, t)
+        return model(x, t)
 
     grid = field.default_grid(10)
-    ref = RK4(steps=400, grid="log").solve(drift, x0, make_grid("log", 400, field.t_min,
-                                                                  field.t_max))
-    res = Dopri5(rtol=1e-7, atol=1e-7, time_variable=time_variable).solve(counted, x0, grid)
+    ref = RK4(steps=400, grid="log").solve(flow, x0, make_grid("log", 400, field.t_min,
+                                                                 field.t_max))
+    flow.model = counted
+    res = Dopri5(rtol=1e-7, atol=1e-7, time_variable=time_variable).solve(flow, x0, grid)
     assert res.nfe == calls["n"] > 20
     assert res.eval_times.min() >= 0 and res.eval_times.max() <= field.t_max
     assert rms(res.x, ref.x) < 1e-4
@@ -267,12 +266,24 @@ def test_dopri5_nfe_matches_a_call_counter_and_converges(time_variable):
     assert torch.cdist(res.x, data).min(dim=1).values.max() < 0.01
 
 
+def test_dopri5_max_nfe_stops_with_a_clear_error():
+    """A tolerance it cannot reach within max_nfe ends the solve naming the t reached."""
+    from unified_ode.solvers import NFELimitExceeded
+
+    field = VEField()
+    flow, x0, _ = exact_problem(field, n_query=8)
+    with pytest.raises(NFELimitExceeded, match=r"limit of 30 network evaluations at t = "):
+        Dopri5(rtol=1e-12, atol=1e-12, max_nfe=30).solve(flow, x0, field.default_grid(4))
+    with pytest.raises(ValueError, match="max_nfe"):
+        Dopri5(max_nfe=0)
+
+
 def test_dopri5_never_evaluates_outside_the_interval():
     """torchdiffeq's own first step can overshoot t = 0 from t_max = 80; ours is clamped and
     the last step lands on t_min (drift calls at t < t_min would be singular)."""
     field = VEField()
-    drift, _, x0, _ = exact_problem(field, n_query=16)
-    res = Dopri5(rtol=1e-3, atol=1e-3, time_variable="t").solve(drift, x0,
+    flow, x0, _ = exact_problem(field, n_query=16)
+    res = Dopri5(rtol=1e-3, atol=1e-3, time_variable="t").solve(flow, x0,
                                                                   field.default_grid(4))
     inner = res.eval_times[:-1]  # the last call is the denoising step at t_min
     assert inner.min() >= field.t_min - 1e-12 and inner.max() <= field.t_max
@@ -285,41 +296,56 @@ def test_dopri5_never_evaluates_outside_the_interval():
                          ids=lambda s: s.name)
 def test_every_solver_records_trajectories(solver):
     field = VEField()
-    drift, den, x0, _ = exact_problem(field, n_query=8)
-    solver.record_every = 2
+    flow, x0, _ = exact_problem(field, n_query=8)
     grid = solver.time_grid(field)
-    res = solver.solve(drift, x0, grid, denoiser=den, field=field)
+    seen = []
+    res = solver.solve(flow, x0, grid, record_every=2,
+                       callback=lambda i, x, t: seen.append((i, t)))
     assert res.trajectory is not None
     assert res.trajectory.shape[1:] == x0.shape
     # steps 0, 2, 4, 6 of the 6-step grid: the first and the final state included
     assert res.trajectory_times.tolist() == pytest.approx(grid[[0, 2, 4, 6]].tolist())
     assert torch.equal(res.trajectory[0], x0) and torch.equal(res.trajectory[-1], res.x)
-    solver.record_every = 0
-    assert solver.solve(drift, x0, grid, denoiser=den, field=field).trajectory is None
+    assert seen[0] == (0, pytest.approx(float(grid[0]))) and seen[-1][1] == 0.0
+    assert solver.solve(flow, x0, grid).trajectory is None
 
 
 # --- the solver interface --------------------------------------------------------------------
 def test_denoiser_solver_errors_are_clear():
     field = VEField()
-    drift, den, x0, _ = exact_problem(field, n_query=4)
+    flow, x0, _ = exact_problem(field, n_query=4)
     solver = DPMSolverPP2M(steps=4)
     grid = solver.time_grid(field)
-    with pytest.raises(ValueError, match="denoiser form"):
-        solver.solve(drift, x0, grid)
-    with pytest.raises(ValueError, match="needs the field"):
-        solver.solve(drift, x0, grid, denoiser=den)
+    with pytest.raises(ValueError, match="needs an affine field.*drift"):
+        solver.solve(flow.drift, x0, grid)  # a bare drift has no schedule
+    from unified_ode.physics import RadialGeneralField
 
-    class NotAffine(Field):
-        name = "radial_test"
-
-    with pytest.raises(ValueError, match="needs an affine field.*radial_test"):
-        solver.solve(drift, x0, grid, denoiser=den, field=NotAffine(t_min=0.01, t_max=1.0))
+    radial = RadialGeneralField()
+    param = Velocity(radial)
+    radial_flow = ProbabilityFlow(param, ExactPosterior(radial, x0[:2], parametrisation=param))
+    with pytest.raises(ValueError, match="needs an affine field.*radial_general"):
+        solver.solve(radial_flow, x0, grid)
     with pytest.raises(ValueError, match="strictly monotone"):
-        Euler(steps=2).solve(drift, x0, torch.tensor([1.0, 1.0, 0.0]))
+        Euler(steps=2).solve(flow, x0, torch.tensor([1.0, 1.0, 0.0]))
     with pytest.raises(ValueError, match="order"):
         DPMSolverPP(order=4)
     with pytest.raises(ValueError, match="time_variable"):
         Dopri5(time_variable="sqrt")
+
+
+def test_solvers_import_nothing_from_physics():
+    """Solvers see the Flow protocol only (issue: solvers depend on the drift, not physics)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "unified_ode" / "solvers"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("unified_ode.physics",
+                                                   "unified_ode.parametrisation")), path
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("unified_ode.physics") for a in node.names)
 
 
 def test_velocity_model_gives_the_same_denoiser():
@@ -330,10 +356,11 @@ def test_velocity_model_gives_the_same_denoiser():
     x = 1.5 * torch.randn(16, 2, generator=g, dtype=F64)
     t = torch.full((16,), 0.7, dtype=F64)
     for cls in (VEField, SigmaVP):
-        den_field, vel_field = cls(objective="denoiser"), cls(objective="velocity")
-        d1 = model_denoiser(den_field, ExactPosterior(den_field, data))(x, t)
-        d2 = model_denoiser(vel_field, ExactPosterior(vel_field, data))(x, t)
-        assert rms(d1, d2) < 1e-10
+        field = cls()
+        flows = [ProbabilityFlow(p, ExactPosterior(field, data, parametrisation=p))
+                 for p in (Denoiser(field), Velocity(field))]
+        assert rms(flows[0].denoiser(x, t), flows[1].denoiser(x, t)) < 1e-10
+        assert rms(flows[0].drift(x, t), flows[1].drift(x, t)) < 1e-10
 
 
 # --- configs and sample.py -------------------------------------------------------------------
@@ -346,9 +373,9 @@ def test_solver_configs_instantiate_and_land_on_data(name):
     samples near the data points with the NFE it reports; describe() is JSON-serialisable."""
     solver = instantiate(OmegaConf.load(CONF / "solver" / f"{name}.yaml"))
     field = PoissonField()
-    drift, den, x0, data = exact_problem(field, n_query=16)
+    flow, x0, data = exact_problem(field, n_query=16)
     x0 = field.sample_prior(16, (2,), generator=torch.Generator().manual_seed(1), dtype=F64)
-    res = solver.solve(drift, x0, solver.time_grid(field), denoiser=den, field=field)
+    res = solver.solve(flow, x0, solver.time_grid(field))
     assert res.nfe == len(res.eval_times) > 0
     assert torch.cdist(res.x, data).min(dim=1).values.median() < 0.05
     json.dumps(solver.describe())

@@ -240,7 +240,8 @@ class UniformCubeNoise(NoiseLaw):
 
     def log_prob_floored(self, eps: Tensor, floor: float = 1e4) -> Tensor:
         """:meth:`log_prob` with the ``−inf`` outside the cube replaced by
-        ``−d·log(2h) − floor·(1 + e/h)``, ``e`` the L∞ distance of ``eps`` from the cube.
+        ``−d·log(2h) − floor·(1 + e/h)``, ``e`` the Euclidean distance of ``eps`` from the cube
+        (not the L∞ one, whose ties between sources cover whole regions).
 
         ``exp`` of it is exactly 0 in float32 and float64 (``floor`` ≫ 745 nats below the
         density inside), so any posterior with mass inside some cube is unchanged, while a point
@@ -248,7 +249,7 @@ class UniformCubeNoise(NoiseLaw):
         solver step can land there) gets the posterior of the nearest cube instead of NaN.
         """
         flat = eps.flatten(1)
-        excess = (flat.abs().amax(dim=1) - self.half_width).clamp_min(0)
+        excess = (flat.abs() - self.half_width).clamp_min(0).norm(dim=1)
         value = -flat.shape[1] * math.log(2.0 * self.half_width)
         return value - floor * torch.where(excess > 0, 1.0 + excess / self.half_width,
                                            torch.zeros_like(excess))
