@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unified_ode.data.toy2d import TOY_SETS, toy_samples  # noqa: E402
-from unified_ode.physics import ExactPosterior  # noqa: E402
+from unified_ode.parametrisation import ProbabilityFlow  # noqa: E402
 from unified_ode.solvers import Heun  # noqa: E402
 
 FIELDS = ["poisson", "pfgmpp", "ve", "vp", "linear", "radial", "radial_general"]
@@ -46,16 +46,11 @@ def build_field(name: str):
 
 def exact_paths(field, data: torch.Tensor, n: int, steps: int, seed: int):
     """``(trajectory (K, n, 2), times (K,), final (n, 2))`` of the exact-field ODE."""
-    model = ExactPosterior(field, data)
     x_T = field.sample_prior(n, (2,), generator=torch.Generator().manual_seed(seed),
                              dtype=torch.float64)
-    solver = Heun(steps=steps, record_every=1)
-
-    def drift(x, t):
-        tb = t.expand(x.shape[0])
-        return field.drift(x, tb, model(x, tb))
-
-    res = solver.solve(drift, x_T, solver.time_grid(field))
+    solver = Heun(steps=steps)
+    res = solver.solve(ProbabilityFlow.exact(field, data), x_T, solver.time_grid(field),
+                       record_every=1)
     return res.trajectory, res.trajectory_times, res.x
 
 

@@ -42,19 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unified_ode.data.toy2d import toy_samples  # noqa: E402
-from unified_ode.physics import ExactPosterior  # noqa: E402
-from unified_ode.solvers import (  # noqa: E402
-    RK4,
-    AdamsBashforth,
-    Dopri5,
-    DPMSolverPP2M,
-    DPMSolverPP3M,
-    Euler,
-    ExpPC,
-    Heun,
-    is_affine,
-    model_denoiser,
-)
+from unified_ode.parametrisation import Denoiser, ProbabilityFlow  # noqa: E402
+from unified_ode.solvers import Dopri5, Euler  # noqa: E402
 
 F64 = torch.float64
 NFE_TARGETS = (5, 10, 20, 35, 50, 100)
@@ -62,18 +51,23 @@ DOPRI_TOLS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 REF_TOL = 1e-8
 INVALID_EXAMPLES = {"invalid_power_law"}
 
-# our fixed-step solvers: name -> factory(steps); each gets the largest grid within an NFE
-# budget (Solver.steps_within)
-OURS = {
-    "euler": Euler,
-    "heun": Heun,
-    "rk4": RK4,
-    "dpmpp2m": DPMSolverPP2M,
-    "dpmpp3m": DPMSolverPP3M,
-    "exppc2": lambda steps: ExpPC(steps=steps, order=2),
-    "exppc3": lambda steps: ExpPC(steps=steps, order=3),
-    "lms": AdamsBashforth,
-}
+
+
+def fixed_step_solvers() -> dict:
+    """Our fixed-step solvers, discovered from conf/solver/: ``{name: factory(steps)}`` for
+    every config whose solver has a fixed NFE per step and ends with the step to t = 0; each
+    gets the largest grid within an NFE budget (``Solver.steps_within``)."""
+    out = {}
+    for path in sorted((ROOT / "conf" / "solver").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        solver = instantiate(cfg)
+        if solver.nfe_for_steps(1) is None or not solver.final_step:
+            continue
+        out[path.stem] = (lambda c: lambda steps: instantiate(c, steps=steps))(cfg)
+    return out
+
+
+OURS = fixed_step_solvers()
 # k-diffusion samplers: function name, steps for an NFE budget (its Heun also skips the last
 # correction, so 2N − 1 calls)
 PEERS = {
@@ -94,8 +88,8 @@ def datasets(quick: bool) -> dict[str, torch.Tensor]:
 
 
 def affine_fields(only: list[str] | None) -> tuple[dict, dict]:
-    """``{name: field}`` of the affine, denoiser-capable fields in conf/physics (objective set to
-    denoiser), and ``{name: reason}`` for those left out."""
+    """``{name: field}`` of the affine (denoiser-form) fields in conf/physics, and
+    ``{name: reason}`` for those left out."""
     fields, skipped = {}, {}
     for path in sorted((ROOT / "conf" / "physics").glob("*.yaml")):
         name = path.stem
@@ -105,14 +99,13 @@ def affine_fields(only: list[str] | None) -> tuple[dict, dict]:
         if name in INVALID_EXAMPLES:
             skipped[name] = "the validator's deliberately invalid example"
             continue
-        if "objective" in cfg:
-            cfg.objective = "denoiser"
+        cfg.pop("defaults", None)
         try:
             f = instantiate(cfg)
-        except Exception as err:  # a field that cannot take the denoiser objective
-            skipped[name] = f"not denoiser-capable ({type(err).__name__}: {err})"[:120]
+        except Exception as err:  # a field that cannot be built on its own
+            skipped[name] = f"not buildable ({type(err).__name__}: {err})"[:120]
             continue
-        if not is_affine(f) or "denoiser" not in f.supported_objectives:
+        if Denoiser.unsupported(f) is not None or f.schedule() is None:
             skipped[name] = "not affine (no denoiser form)"
             continue
         fields[name] = f
@@ -187,12 +180,7 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -> Case:
-    model = ExactPosterior(fld, data)
-    den = model_denoiser(fld, model)
-
-    def drift(x, t):
-        tb = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
-        return fld.drift(x, tb, model(x, tb))
+    flow = ProbabilityFlow.exact(fld, data, Denoiser(fld))
 
     shape = tuple(data.shape[1:])
     x_T = fld.sample_prior(n_query, shape, generator=torch.Generator().manual_seed(seed),
@@ -200,7 +188,7 @@ def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -
     case = Case(fname, dname)
     start = time.perf_counter()
     ref_solver = Dopri5(steps=2, rtol=REF_TOL, atol=REF_TOL, time_variable="log")
-    ref = ref_solver.solve(drift, x_T, ref_solver.time_grid(fld))
+    ref = ref_solver.solve(flow, x_T, ref_solver.time_grid(fld))
     case.ref_nfe, case.ref_seconds = ref.nfe, time.perf_counter() - start
     log(f"  reference: dopri5 rtol=atol={REF_TOL:g} in ln t, NFE {ref.nfe}, "
         f"{case.ref_seconds:.1f} s")
@@ -209,14 +197,14 @@ def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -
         for name, make in OURS.items():
             solver = make(steps=make(steps=1).steps_within(target))
             start = time.perf_counter()
-            res = solver.solve(drift, x_T, solver.time_grid(fld), denoiser=den, field=fld)
+            res = solver.solve(flow, x_T, solver.time_grid(fld))
             case.runs.append(Run(name, "ours", res.nfe, rms(res.x, ref.x),
                                  time.perf_counter() - start, target))
         if kd is None:
             continue
         for name, (fn, steps_for) in PEERS.items():
             times = Euler(steps=steps_for(target)).time_grid(fld)
-            form = SigmaForm(fld, den, times)
+            form = SigmaForm(fld, flow.denoiser, times)
             if not form.usable():
                 case.note = "no σ-form (a(t_max) = 0): k-diffusion not run"
                 continue
@@ -229,7 +217,7 @@ def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -
         solver = Dopri5(steps=2, rtol=tol, atol=tol, time_variable="log")
         start = time.perf_counter()
         try:
-            res = solver.solve(drift, x_T, solver.time_grid(fld))
+            res = solver.solve(flow, x_T, solver.time_grid(fld))
             case.runs.append(Run("dopri5", "adaptive", res.nfe, rms(res.x, ref.x),
                                  time.perf_counter() - start, tol=tol))
         except (FloatingPointError, AssertionError, RuntimeError) as err:

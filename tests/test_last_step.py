@@ -16,9 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF
-from unified_ode.parametrisation import Denoiser, ProbabilityFlow, Velocity
+from unified_ode.parametrisation import ProbabilityFlow, Velocity
 from unified_ode.physics import (
-    ExactPosterior,
     LinearField,
     PFGMPPField,
     PoissonField,
@@ -75,8 +74,7 @@ SOLVERS = sorted(p.stem for p in (CONF / "solver").glob("*.yaml")
 
 
 def exact_flow(field, param_cls=None):
-    param = (param_cls or (Denoiser if field.has_denoiser_form else Velocity))(field)
-    return ProbabilityFlow(param, ExactPosterior(field, DATA, parametrisation=param))
+    return ProbabilityFlow.exact(field, DATA, param_cls(field) if param_cls else None)
 
 
 def nearest_distance(x: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from unified_ode.errors import UserError
 from unified_ode.networks import MLP
 from unified_ode.networks.precond import Preconditioned
-from unified_ode.errors import UserError
 from unified_ode.objectives import PFGMNormalisedObjective, empirical_poisson_field
 from unified_ode.parametrisation import Denoiser, PFGMNormalisedField, ProbabilityFlow
 from unified_ode.physics import ExactPosterior, PFGMPPField, PoissonField, VEField

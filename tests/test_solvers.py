@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, run_script
 from unified_ode.parametrisation import Denoiser, ProbabilityFlow, Velocity
 from unified_ode.physics import ExactPosterior, PoissonField, VEField
-from unified_ode.physics.base import AffineField, Field
+from unified_ode.physics.base import AffineField
 from unified_ode.physics.noise import GaussianNoise
 from unified_ode.solvers import (
     RK4,

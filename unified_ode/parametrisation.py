@@ -213,6 +213,11 @@ PARAMETRISATIONS: dict[str, type[Parametrisation]] = {
     p.name: p for p in (Denoiser, Velocity, PFGMNormalisedField)}
 
 
+def natural_parametrisation(field: Field) -> Parametrisation:
+    """The denoiser for fields with a denoiser form, the velocity otherwise."""
+    return Denoiser(field) if field.has_denoiser_form else Velocity(field)
+
+
 class ProbabilityFlow:
     """The generative ODE of ``model`` (``model(x, t)`` → prediction of kind
     ``parametrisation``), as solvers see it (:class:`unified_ode.solvers.base.Flow`).
@@ -228,6 +233,19 @@ class ProbabilityFlow:
         self.schedule = self.field.schedule()
         #: the field's name, for solvers' error messages
         self.name = self.field.name
+
+    @classmethod
+    def exact(cls, field: Field, data: Tensor, parametrisation: Parametrisation | None = None,
+              **posterior_options) -> ProbabilityFlow:
+        """The exact generative ODE of the finite data set ``data`` ``(M, *shape)``: no
+        training, the ground truth for solvers and tests. ``parametrisation``: default
+        :func:`natural_parametrisation`; ``posterior_options`` go to
+        :class:`~unified_ode.physics.exact.ExactPosterior`."""
+        from unified_ode.physics.exact import ExactPosterior
+
+        param = parametrisation or natural_parametrisation(field)
+        return cls(param, ExactPosterior(field, data, parametrisation=param,
+                                         **posterior_options))
 
     def _times(self, x: Tensor, t: Tensor) -> Tensor:
         return torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -249,4 +267,4 @@ class ProbabilityFlow:
 
 
 __all__ = ["PARAMETRISATIONS", "Denoiser", "PFGMNormalisedField", "Parametrisation",
-           "ProbabilityFlow", "Velocity"]
+           "ProbabilityFlow", "Velocity", "natural_parametrisation"]

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-#: ``physics.objective`` values of old runs -> today's objective config.
-LEGACY_OBJECTIVES = {
-    "denoiser": {"_target_": "unified_ode.objectives.DenoiserObjective"},
-    "velocity": {"_target_": "unified_ode.objectives.VelocityObjective"},
-    "pfgm": {"_target_": "unified_ode.objectives.PFGMNormalisedObjective"},
-}
-#: ``objective=`` option names of the legacy values.
-LEGACY_OPTION_NAMES = {"denoiser": "denoiser", "velocity": "velocity", "pfgm": "pfgm_normalised"}
+from unified_ode.objectives import (
+    DenoiserObjective,
+    PFGMNormalisedObjective,
+    VelocityObjective,
+)
+
+#: The objectives by their ``objective=`` name.
+OBJECTIVES = {c.name: c for c in (DenoiserObjective, VelocityObjective, PFGMNormalisedObjective)}
+#: Legacy ``physics.objective`` values that are not today's names.
+RENAMED = {"pfgm": PFGMNormalisedObjective.name}
+
+
+def _objective_class(legacy: str):
+    name = RENAMED.get(legacy, legacy)
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown legacy physics.objective={legacy!r}")
+    return OBJECTIVES[name]
 
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
@@ -33,12 +42,10 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     if "objective" in cfg or physics is None or "objective" not in physics:
         return cfg
     with open_dict(cfg):
-        name = str(cfg.physics.pop("objective"))
+        cls = _objective_class(str(cfg.physics.pop("objective")))
         pfgm = cfg.physics.pop("pfgm", None)
-        if name not in LEGACY_OBJECTIVES:
-            raise ValueError(f"unknown legacy physics.objective={name!r}")
-        objective = dict(LEGACY_OBJECTIVES[name])
-        if name == "pfgm" and pfgm is not None:
+        objective = {"_target_": f"{cls.__module__}.{cls.__name__}"}
+        if cls is PFGMNormalisedObjective and pfgm is not None:
             objective.update(OmegaConf.to_container(pfgm))
         cfg.objective = objective
     return cfg
@@ -53,8 +60,7 @@ def upgrade_overrides(overrides: list[str]) -> list[str]:
         if o.startswith("solver.record_every="):
             continue
         if o.startswith("physics.objective="):
-            head.append("objective=" + LEGACY_OPTION_NAMES.get(o.split("=", 1)[1],
-                                                               o.split("=", 1)[1]))
+            head.append("objective=" + _objective_class(o.split("=", 1)[1]).name)
         elif o.startswith("physics.pfgm."):
             rest.append("objective." + o[len("physics.pfgm."):])
         else:

@@ -70,8 +70,8 @@ class PFGMNormalisedObjective(Objective):
     ``chunk`` (reference rows per chunk of the field computation).
     """
 
-    name = "pfgm_normalised"
     parametrisation_class = PFGMNormalisedField
+    name = PFGMNormalisedField.name
 
     def __init__(self, gamma: float = 5.0, reference_size: int = 4096, small_batch: int = 128,
                  chunk: int = 1024):

@@ -20,8 +20,8 @@ from unified_ode.parametrisation import Denoiser, Velocity
 class DenoiserObjective(Objective):
     """EDM's denoising score-matching loss, adapted to any affine field through ``sigma(t)``."""
 
-    name = "denoiser"
     parametrisation_class = Denoiser
+    name = Denoiser.name
     time_law_hint = "lognormal"
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
@@ -35,8 +35,8 @@ class DenoiserObjective(Objective):
 class VelocityObjective(Objective):
     """Conditional flow matching: regress the conditional velocity of the field."""
 
-    name = "velocity"
     parametrisation_class = Velocity
+    name = Velocity.name
     time_law_hint = "uniform"
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
