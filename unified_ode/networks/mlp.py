@@ -7,20 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-
-class FourierEmbedding(nn.Module):
-    """Embeds a scalar noise label ``c_noise`` ``(B,)`` as ``(B, dim)`` sin/cos features of fixed
-    random frequencies (Gaussian Fourier features, as in score-SDE / EDM's NCSN++)."""
-
-    def __init__(self, dim: int, scale: float = 16.0):
-        super().__init__()
-        if dim % 2:
-            raise ValueError(f"time embedding dim must be even, got {dim}")
-        self.register_buffer("freqs", torch.randn(dim // 2) * scale)
-
-    def forward(self, c_noise: Tensor) -> Tensor:
-        arg = 2 * math.pi * c_noise[:, None] * self.freqs[None, :]
-        return torch.cat([arg.cos(), arg.sin()], dim=1)
+from unified_ode.networks.unet_layers import GaussianFourierEmbedding
 
 
 class ResidualBlock(nn.Module):
@@ -52,7 +39,7 @@ class MLP(nn.Module):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         dim = math.prod(self.data_shape)
-        self.time_embed = nn.Sequential(FourierEmbedding(time_embed_dim),
+        self.time_embed = nn.Sequential(GaussianFourierEmbedding(time_embed_dim),
                                         nn.Linear(time_embed_dim, width), nn.SiLU(),
                                         nn.Linear(width, width))
         self.inp = nn.Linear(dim, width)

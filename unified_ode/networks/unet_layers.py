@@ -38,8 +38,10 @@ class PositionalEmbedding(nn.Module):
 
 
 class GaussianFourierEmbedding(nn.Module):
-    """Random Fourier features of the noise label (NCSN++): ``(B,) -> (B, dim)``, fixed
-    frequencies ``~ N(0, scale²)`` (stored in the checkpoint, never trained)."""
+    """Random Fourier features of the noise label (score-SDE / NCSN++; the MLP's time embedding
+    too): ``(B,) -> (B, dim)`` sin/cos features of fixed frequencies ``~ N(0, scale²)`` (stored
+    in the checkpoint, never trained), computed in the frequencies' dtype (float32 under
+    autocast, float64 for a double network)."""
 
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
@@ -48,7 +50,7 @@ class GaussianFourierEmbedding(nn.Module):
         self.register_buffer("freqs", torch.randn(dim // 2) * scale)
 
     def forward(self, c_noise: Tensor) -> Tensor:
-        arg = 2 * math.pi * c_noise.float()[:, None] * self.freqs[None, :]
+        arg = 2 * math.pi * c_noise.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 
