@@ -15,7 +15,7 @@ For each setup (a list of config overrides, composed exactly as ``train.py`` com
   allocations) is excluded from both.
 * **sampling call** — ``GenerativeODE.sample`` (solver from the config: our ``Heun`` with its
   NFE bookkeeping, EMA switch, eval mode) against a bare Heun loop calling
-  ``field.drift(x, t, model(x, t))`` on the same grid and prior states.
+  ``parametrisation.drift(x, t, model(x, t))`` on the same grid and prior states.
 
 The two sides alternate for ``--rounds`` rounds (which one goes first alternates too) and
 the table shows medians; the ratio is ours / bare (1.00 = no overhead), next to the range of
@@ -125,11 +125,11 @@ def bare_heun(model, field, x, times) -> torch.Tensor:
         for i in range(len(times) - 1):
             t0, t1 = times[i], times[i + 1]
             h = float(t1 - t0)
-            d = field.drift(x, t0.expand(x.shape[0]), model(x, t0.expand(x.shape[0])))
+            d = model.parametrisation.drift(x, t0.expand(x.shape[0]), model(x, t0.expand(x.shape[0])))
             x_next = x + h * d
             if float(t1) != 0:
                 tb = t1.expand(x.shape[0])
-                x_next = x + 0.5 * h * (d + field.drift(x_next, tb, model(x_next, tb)))
+                x_next = x + 0.5 * h * (d + model.parametrisation.drift(x_next, tb, model(x_next, tb)))
             x = x_next
     return x
 

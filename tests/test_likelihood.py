@@ -52,7 +52,7 @@ def gaussian_case(d=6, n=64, seed=0):
 
     def drift(x, t):
         tb = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
-        return field.drift(x, tb, den(x, tb))
+        return field.drift_from_denoiser(x, tb, den(x, tb))
 
     x = torch.randn(n, d, generator=g, dtype=F64) @ (q @ torch.diag(evals.sqrt()) @ q.T)
     return field, drift, cov, x

@@ -92,7 +92,7 @@ def test_conditional_velocity_moves_kernel_samples_along_rays(name):
     x = field.sample_kernel(y, t)
     torch.testing.assert_close(field.conditional_velocity(x, y, t), (x - y) / t[:, None])
     # drift from the true source as denoiser equals the conditional velocity
-    torch.testing.assert_close(field.drift(x, t, y), field.conditional_velocity(x, y, t))
+    torch.testing.assert_close(field.drift_from_denoiser(x, t, y), field.conditional_velocity(x, y, t))
 
 
 def _exact_transport(field, data, steps, n=300, seed=1):
@@ -100,7 +100,7 @@ def _exact_transport(field, data, steps, n=300, seed=1):
 
     def drift(x, t):
         tb = t.expand(x.shape[0])
-        return field.drift(x, tb, model(x, tb))
+        return field.drift_from_denoiser(x, tb, model(x, tb))
 
     g = torch.Generator().manual_seed(seed)
     x_T = field.sample_prior(n, tuple(data.shape[1:]), generator=g, dtype=torch.float64)
