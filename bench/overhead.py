@@ -121,15 +121,17 @@ def bare_steps(module, batches, warmup: int, clip) -> float:
 
 
 def bare_heun(model, field, x, times) -> torch.Tensor:
+    drift = model.parametrisation.drift
     with torch.no_grad():
         for i in range(len(times) - 1):
             t0, t1 = times[i], times[i + 1]
             h = float(t1 - t0)
-            d = model.parametrisation.drift(x, t0.expand(x.shape[0]), model(x, t0.expand(x.shape[0])))
+            t0b = t0.expand(x.shape[0])
+            d = drift(x, t0b, model(x, t0b))
             x_next = x + h * d
             if float(t1) != 0:
                 tb = t1.expand(x.shape[0])
-                x_next = x + 0.5 * h * (d + model.parametrisation.drift(x_next, tb, model(x_next, tb)))
+                x_next = x + 0.5 * h * (d + drift(x_next, tb, model(x_next, tb)))
             x = x_next
     return x
 
