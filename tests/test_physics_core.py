@@ -92,7 +92,8 @@ def test_conditional_velocity_moves_kernel_samples_along_rays(name):
     x = field.sample_kernel(y, t)
     torch.testing.assert_close(field.conditional_velocity(x, y, t), (x - y) / t[:, None])
     # drift from the true source as denoiser equals the conditional velocity
-    torch.testing.assert_close(field.drift_from_denoiser(x, t, y), field.conditional_velocity(x, y, t))
+    torch.testing.assert_close(field.drift_from_denoiser(x, t, y),
+                               field.conditional_velocity(x, y, t))
 
 
 def _exact_transport(field, data, steps, n=300, seed=1):
