@@ -35,6 +35,8 @@ def build_objective(cfg: DictConfig, field):
         raise UserError("the config has no objective; pick one with objective=denoiser, "
                         "objective=velocity or objective=pfgm_normalised")
     objective = instantiate(cfg.objective)
+    if cfg.get("coupling") is not None:
+        objective.set_coupling(instantiate(cfg.coupling))
     return objective, objective.bind(field)
 
 

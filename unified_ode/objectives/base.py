@@ -36,6 +36,23 @@ class Objective(abc.ABC):
     parametrisation_class: ClassVar[type[Parametrisation]]
     time_law_hint: ClassVar[str | None] = None
 
+    #: How data and noise are paired (:mod:`unified_ode.objectives.couplings`); ``None`` or
+    #: ``Independent``: independent draws. Set by :meth:`set_coupling`.
+    coupling = None
+
+    def set_coupling(self, coupling) -> None:
+        """Pair data and noise with ``coupling`` (checked against the field in :meth:`bind`)."""
+        self.coupling = coupling
+
+    def perturb(self, field, y: Tensor, t: Tensor, *, generator=None) -> Tensor:
+        """Kernel samples ``x ~ p_t(· | y)`` ``(B, *shape)``: independent draws, or the noise
+        draws re-paired with ``y`` by the coupling (cost: distance to the prior sample)."""
+        if self.coupling is None or not self.coupling.pairs:
+            return field.sample_kernel(y, t, generator=generator)
+        eps = field.sample_noise(y, generator=generator)
+        idx = self.coupling.pair(y, field.prior_scale() * eps, generator=generator)
+        return field.kernel_from_noise(y, t, eps[idx])
+
     def parametrisation_options(self) -> dict:
         """Keyword arguments of the parametrisation (e.g. PFGM's ``gamma``)."""
         return {}
@@ -43,6 +60,10 @@ class Objective(abc.ABC):
     def bind(self, field) -> Parametrisation:
         """The parametrisation of ``field`` that this objective trains; a :class:`UserError`
         naming the valid ``objective=`` choices when the field cannot be trained with it."""
+        if self.coupling is not None:
+            reason = self.coupling.unsupported(field)
+            if reason is not None:
+                raise UserError(reason + ".")
         reason = self.parametrisation_class.unsupported(field)
         if reason is not None:
             valid = [n for n, p in PARAMETRISATIONS.items() if p.unsupported(field) is None]
@@ -62,4 +83,7 @@ class Objective(abc.ABC):
         """Scalar loss of ``model`` on the clean batch ``y`` ``(B, *shape)``."""
 
     def describe(self) -> dict:
-        return {"objective": self.name, **self.parametrisation_options()}
+        out = {"objective": self.name, **self.parametrisation_options()}
+        if self.coupling is not None:
+            out.update(self.coupling.describe())
+        return out

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from unified_ode.errors import UserError
 from unified_ode.objectives.base import Objective, per_sample_mse
 from unified_ode.parametrisation import PFGMNormalisedField, normalised_poisson_field
 from unified_ode.physics.base import sq_dists
@@ -87,6 +88,13 @@ class PFGMNormalisedObjective(Objective):
 
     def parametrisation_options(self) -> dict:
         return {"gamma": self.gamma}
+
+    def set_coupling(self, coupling) -> None:
+        if coupling is not None and coupling.pairs:
+            raise UserError(f"coupling={coupling.name} is not available with "
+                            "objective=pfgm_normalised (its targets come from a reference batch, "
+                            "not from paired noise); use coupling=independent")
+        super().set_coupling(coupling)
 
     def describe(self) -> dict:
         return {**super().describe(), "reference_size": self.reference_size,

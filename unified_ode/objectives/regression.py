@@ -26,7 +26,7 @@ class DenoiserObjective(Objective):
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
         t = self.sample_time(field, y.shape[0], generator=generator, device=y.device).to(y.dtype)
-        x = field.sample_kernel(y, t, generator=generator)
+        x = self.perturb(field, y, t, generator=generator)
         prediction, coefficients = model(x, t, return_coefficients=True)
         weight = self.parametrisation.loss_weight(coefficients)
         return (weight * per_sample_mse(prediction, y)).mean()
@@ -41,6 +41,6 @@ class VelocityObjective(Objective):
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
         t = self.sample_time(field, y.shape[0], generator=generator, device=y.device).to(y.dtype)
-        x = field.sample_kernel(y, t, generator=generator)
+        x = self.perturb(field, y, t, generator=generator)
         target = field.conditional_velocity(x, y, t)
         return per_sample_mse(model(x, t), target).mean()

@@ -252,10 +252,23 @@ class AffineField(Field):
 
     # kernel -----------------------------------------------------------------------------
     def sample_kernel(self, y, t, *, generator=None):
-        eps = self.noise.sample(tuple(y.shape), generator=generator, device=y.device,
-                                dtype=y.dtype)
+        return self.kernel_from_noise(y, t, self.sample_noise(y, generator=generator))
+
+    def sample_noise(self, y: Tensor, *, generator=None) -> Tensor:
+        """Noise draws ``eps ~ q`` shaped, typed and placed like ``y`` ``(B, *shape)``."""
+        return self.noise.sample(tuple(y.shape), generator=generator, device=y.device,
+                                 dtype=y.dtype)
+
+    def kernel_from_noise(self, y: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """``x = a(t) y + s(t) eps`` for given noise draws ``eps`` ``(B, *shape)`` (couplings pair
+        ``eps`` with ``y`` before this)."""
         tb = bcast(t, y)
         return self.a(tb) * y + self.s(tb) * eps
+
+    def prior_scale(self) -> float:
+        """``s(t_max)``: the prior is (close to) ``s(t_max)·eps`` — exactly for VP and linear,
+        up to the ``a(t_max) y`` term for the others."""
+        return float(self.s(torch.tensor(self.t_max, dtype=torch.float64)))
 
     def kernel_log_prob(self, x, y, t):
         tb = bcast(t, x)
