@@ -99,11 +99,12 @@ class SinkhornOT(Coupling):
 
     name = "sinkhorn"
 
-    def __init__(self, reg: float = 0.05, num_iter: int = 1000):
+    def __init__(self, reg: float = 0.05, num_iter: int = 1000, stop_threshold: float = 1e-6):
         if not float(reg) > 0:
             raise ValueError(f"coupling.reg must be > 0, got {reg}")
         self.reg = float(reg)
         self.num_iter = int(num_iter)
+        self.stop_threshold = float(stop_threshold)
 
     def plan(self, y: Tensor, z: Tensor) -> np.ndarray:
         """The ``(B, B)`` entropic plan (rows: data, columns: noise), each marginal uniform."""
@@ -112,7 +113,8 @@ class SinkhornOT(Coupling):
         cost = pair_cost(y, z)
         scale = cost.mean() if cost.mean() > 0 else 1.0
         w = np.full(cost.shape[0], 1.0 / cost.shape[0])
-        return ot.sinkhorn(w, w, cost / scale, self.reg, numItermax=self.num_iter)
+        return ot.sinkhorn(w, w, cost / scale, self.reg, numItermax=self.num_iter,
+                           stopThr=self.stop_threshold)
 
     def pair(self, y, z, *, generator=None):
         plan = torch.as_tensor(self.plan(y, z), dtype=torch.float64)
