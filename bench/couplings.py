@@ -5,7 +5,7 @@ and make few-step sampling better, for each force field? (issue 19)
     python bench/couplings.py --quick   # a tiny run for development -> outputs/couplings_quick/
 
 For every data set x field x coupling x seed it trains a model with ``train.py`` (MLP, the same
-budget for all: ``--steps`` at batch 512; resumable: a finished run is reused, an interrupted
+budget for all: ``--steps`` at ``--batch``; resumable: a finished run is reused, an interrupted
 one continued), then, on the EMA weights and the same prior noise for every model:
 
 * sample quality: sliced Wasserstein (sw@2k) against 2,000 held-out points at NFE 2, 5, 10, 35
@@ -166,8 +166,8 @@ def report(results: dict, costs: dict, args, seconds: float, out: Path) -> None:
     lines = ["# Minibatch couplings: straighter field lines, fewer steps?", "",
              f"Written by `{' '.join(['python', 'bench/couplings.py', *sys.argv[1:]])}` in "
              f"{seconds / 60:.0f} min on this machine ({os.cpu_count()} cores, shared); "
-             f"{args.steps} training steps at batch {args.batch}, MLP 128×3, seeds {args.seeds}; sw@2k "
-             "against 2,000 held-out points on the EMA weights, the same prior noise for "
+             f"{args.steps} training steps at batch {args.batch}, MLP 128×3, seeds "
+             f"{args.seeds}; sw@2k against 2,000 held-out points on the EMA weights, the same prior noise for "
              "every model; mean ± std over seeds. `best` is `dpmpp2m` (NFE = steps).", ""]
     for data in args.data:
         lines += [f"## {data}", "",
