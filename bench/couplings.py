@@ -168,7 +168,8 @@ def report(results: dict, costs: dict, args, seconds: float, out: Path) -> None:
              f"{seconds / 60:.0f} min on this machine ({os.cpu_count()} cores, shared); "
              f"{args.steps} training steps at batch {args.batch}, MLP 128×3, seeds "
              f"{args.seeds}; sw@2k against 2,000 held-out points on the EMA weights, the same "
-             "prior noise for every model; mean ± std over seeds. `best` is `dpmpp2m` (NFE = steps).", ""]
+             "prior noise for every model; mean ± std over seeds. `best` is `dpmpp2m` "
+             "(NFE = steps).", ""]
     for data in args.data:
         lines += [f"## {data}", "",
                   "| field | coupling | " + " | ".join(f"Euler NFE {k}" for k in NFES)
