@@ -12,9 +12,10 @@ A thin driver over the project's own commands:
    ``train_overrides``, the budget ``trainer.max_steps`` and ``seed``, then every
    ``key=value`` of this command line (passed through), in its own directory
    ``<root>/runs/<data set>/<field>/seed<k>``. A finished run (marker
-   ``case_study_train.json``) is reused, an interrupted one (``last.ckpt``, no marker) is
-   continued with ``resume=true``, and a run directory trained with other overrides is refused,
-   never overwritten: the study resumes where it stopped.
+   ``case_study_train.json``, recording its overrides) is reused, an interrupted one
+   (``last.ckpt``, no marker) is continued with ``resume=true`` when app/train.py's resume
+   guard accepts it, and a run directory trained with other settings is refused before
+   anything starts, never overwritten: the study resumes where it stopped.
 2. **evaluate** — each run is loaded as ``sample.py`` loads it (``load_model``) with its EMA
    weights and scored by :class:`SampleScorer` exactly as
    ``sample.py task=evaluate`` does (``sw@n``/``mmd@n`` for points against held-out data,
@@ -35,9 +36,9 @@ A thin driver over the project's own commands:
    ``<root>/results.md`` for ``--smoke`` or a data set from the command line): per data set
    the field × NFE table of the best solver's metric (mean ± std over seeds), bits/dim, one
    table per solver, the other metrics at each field's best setting, the probes, plots of
-   metric vs NFE per field, the trajectories of each field (points) or a grid of samples per
-   field (images), the budget, seeds, hardware and wall time; ``results.json`` beside it
-   holds every number. The findings (which field is best at NFE ≤ 10 and which reaches the
+   metric vs NFE (one panel per data set; per solver; per data set one panel per solver: see
+   plots.py), the trajectories of each field (points) or a grid of samples per field (images),
+   the budget, seeds, hardware and wall time; ``results.json`` beside it holds every number. The findings (which field is best at NFE ≤ 10 and which reaches the
    best quality) are computed from the table and printed.
 
 ``--jobs N`` (default: the config's ``jobs``) shares the runs among N worker processes (a
