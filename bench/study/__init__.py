@@ -38,8 +38,9 @@ A thin driver over the project's own commands:
    table per solver, the other metrics at each field's best setting, the probes, plots of
    metric vs NFE (one panel per data set; per solver; per data set one panel per solver: see
    plots.py), the trajectories of each field (points) or a grid of samples per field (images),
-   the budget, seeds, hardware and wall time; ``results.json`` beside it holds every number. The findings (which field is best at NFE ≤ 10 and which reaches the
-   best quality) are computed from the table and printed.
+   the budget, seeds, hardware and wall time; ``results.json`` beside it holds every number.
+   The findings (which field is best at NFE ≤ 10 and which reaches the best quality) are
+   computed from the table and printed.
 
 ``--jobs N`` (default: the config's ``jobs``) shares the runs among N worker processes (a
 ``concurrent.futures.ProcessPoolExecutor``; each run is handed to exactly one worker, which
