@@ -24,10 +24,10 @@ import numpy as np
 
 from .plan import Study, budgets, figure_file, first_seed, grid_key
 from .probes import euler_key, noise_key, probed
-from .results import best_cell, primary_of, summary
+from .results import best_cell, findings, primary_of, summary
 from .util import fmt
 
-CLIP = 5.0  # y-axis cap, as a multiple of the panel's median value
+CLIP = 5.0  # a series diverges when its median exceeds CLIP × the median of the medians
 #: physics option -> family; each family one colour map, its fields shades of it
 FAMILIES = {"poisson": "pfgm", "pfgmpp": "pfgm", "ve": "diffusion", "vp": "diffusion",
             "gaussian": "diffusion", "linear": "flow", "radial": "radial",
@@ -37,7 +37,7 @@ SPARE_MAPS = ["Reds", "Greys", "YlOrBr", "RdPu"]
 MARKERS = ["o", "s", "D", "v", "P", "X", "h", "<"]
 
 
-def figure_names(study: Study, ds_name: str, kind: str | None) -> dict[str, str]:
+def figure_names(ds_name: str, kind: str | None) -> dict[str, str]:
     """The per-data-set figure files, relative to the report's stem (``<stem>_<name>``)."""
     what = "samples" if kind == "images" else "trajectories"
     return {"nfe": f"{ds_name}_nfe.png", "probes": f"{ds_name}_probes.png",
@@ -211,8 +211,6 @@ def solvers_figure(study: Study, results: dict, path) -> None:
     """One panel per data set: each solver's metric vs NFE on the data set's best field."""
     from matplotlib import colormaps
 
-    from .results import findings
-
     found = findings(study, results)
     names = [d for d in results if (found.get(d) or {}).get("best_quality")]
     if not names:
@@ -323,7 +321,7 @@ def plots(study: Study, results: dict, out) -> None:
         primary, kind = primary_of(ds_results)
         if primary is None:
             continue
-        names = figure_names(study, ds_name, kind)
+        names = figure_names(ds_name, kind)
         nfe_figure(study, ds_name, ds_results, styles, f"{stem}_{names['nfe']}")
         if probed(study, ds_name):
             probes_figure(study, ds_name, ds_results, styles, f"{stem}_{names['probes']}")

@@ -128,7 +128,7 @@ def dataset_section(study: Study, ds_name: str, ds_results: dict, stem: str) -> 
     cfg, ds = study.cfg, study.cfg["datasets"][ds_name]
     nfes = budgets(study, ds_name)
     primary, kind = primary_of(ds_results)
-    names = figure_names(study, ds_name, kind)
+    names = figure_names(ds_name, kind)
     trained = [e.get("budget") for seeds in ds_results.values() for e in seeds.values()
                if e.get("budget")]
     b = trained[0] if trained else None
