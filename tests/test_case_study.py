@@ -201,6 +201,7 @@ def _record_call(job: tuple[str, str]) -> str:
     return item.upper()
 
 
+@pytest.mark.slow  # two spawned workers import torch: ~30 s on 2 loaded cores
 def test_pool_hands_each_item_to_exactly_one_worker(tmp_path, monkeypatch):
     """The process pool: every item runs once, in one of two worker processes (both take
     part), each with OMP_NUM_THREADS = cores // 2; results keep the items' order; a failing
