@@ -1,15 +1,21 @@
 """bench/case_study.py end to end on a tiny configuration: real train.py runs (subprocesses),
-real scoring, the report's tables, resuming, and the never-overwrite guard."""
+real scoring, the report's tables and figures, resuming, and the never-overwrite guard; the
+worker pool (each item to exactly one worker) and the figures' styles and axis cap."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.study.plots import cap_of, field_styles
+from bench.study.pool import run_each
 from tests.conftest import CONF, run_script
 
 FIELDS = ["poisson", "radial_general"]  # an affine field and one without a denoiser form
@@ -30,7 +36,7 @@ def study_args(tmp, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("case")
-    proc = run_script("bench/case_study.py", *study_args(tmp), timeout=300)
+    proc = run_script("bench/case_study.py", *study_args(tmp), timeout=900)
     return tmp, proc
 
 
@@ -82,9 +88,15 @@ def test_case_study_report_tables(study):
     for name in ("nfe", "probes", "trajectories"):
         assert (tmp / "report" / f"results_checkerboard_{name}.png").stat().st_size > 5000
     assert "best at NFE ≤ 10:" in proc.stdout and "best quality" in proc.stdout
-    # the config's two workers shared the runs: each run trained once, by one of them
-    trained = re.findall(r"^\[w[01]\] \[train\] (\S+):", proc.stdout, re.M)
-    assert sorted(trained) == sorted(f"checkerboard/{f}/seed{s}" for f in FIELDS for s in (0, 1))
+    for name in ("overview", "solvers"):
+        assert (tmp / "report" / f"results_{name}.png").stat().st_size > 5000
+    # the config's two workers shared the runs: each run was trained exactly once
+    assert "2 worker processes sharing the runs" in proc.stdout
+    runs = [f"checkerboard/{f}/seed{s}" for f in FIELDS for s in (0, 1)]
+    assert sorted(re.findall(r"^\[train\] (\S+):", proc.stdout, re.M)) == sorted(runs)
+    for run in runs:
+        log = (tmp / "root" / "runs" / run / "case_study_train.out").read_text()
+        assert log.count("run directory:") == 1, run
 
 
 @pytest.mark.slow
@@ -136,6 +148,94 @@ def test_case_study_resumes_and_never_overwrites(study):
     marker = tmp / "root" / "runs" / "checkerboard" / "poisson" / "seed0"
     assert json.loads((marker / "case_study_train.json").read_text())["overrides"][-1] == \
         "seed=0"
+
+
+@pytest.mark.slow
+def test_unfinished_run_goes_through_the_apps_resume_guard(study, tmp_path):
+    """A run directory with ``last.ckpt`` but no study marker is continued only when
+    app/train.py's resume guard accepts the study's overrides for it."""
+    import shutil
+
+    from bench.study.plan import Run
+    from bench.study.train import TRAIN_MARKER, check_reusable, train_command
+
+    tmp, _ = study
+    run_dir = tmp_path / "seed0"
+    shutil.copytree(tmp / "root" / "runs" / "checkerboard" / "poisson" / "seed0", run_dir)
+    (run_dir / TRAIN_MARKER).unlink()
+    overrides = json.loads((tmp / "root" / "runs" / "checkerboard" / "poisson" / "seed0" /
+                            TRAIN_MARKER).read_text())["overrides"]
+    same = Run("checkerboard", "poisson", 0, overrides, run_dir)
+    check_reusable(same)  # the same settings: continued ...
+    assert train_command(same)[-1] == "resume=true"  # ... with resume=true
+    other = Run("checkerboard", "ve", 0,
+                [o.replace("physics=poisson", "physics=ve") for o in overrides], run_dir)
+    with pytest.raises(SystemExit, match="(?s)physics.*never overwritten"):
+        check_reusable(other)
+
+
+@pytest.mark.slow
+def test_figures_redrawn_from_saved_results(study, tmp_path):
+    """--figures-from draws every metric figure from a saved results.json alone."""
+    import shutil
+
+    tmp, _ = study
+    shutil.copy(tmp / "report" / "results.json", tmp_path / "results.json")
+    run_script("bench/case_study.py", "--figures-from", str(tmp_path / "results.json"),
+               timeout=120)
+    for name in ("overview", "solvers", "checkerboard_nfe", "checkerboard_probes",
+                 "checkerboard_trajectories"):  # the runs still exist: trajectories too
+        assert (tmp_path / f"results_{name}.png").stat().st_size > 5000, name
+
+
+def _record_call(job: tuple[str, str]) -> str:
+    """A pool task: records (item, worker pid, its OMP_NUM_THREADS), then waits until two
+    workers have recorded a call (so both take part), at most 120 s."""
+    folder, item = Path(job[0]), job[1]
+    if item == "boom":
+        raise ValueError("boom")
+    (folder / f"{item}.{os.getpid()}").write_text(os.environ.get("OMP_NUM_THREADS", ""))
+    deadline = time.monotonic() + 120
+    while len({p.suffix for p in folder.iterdir()}) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return item.upper()
+
+
+@pytest.mark.slow  # two spawned workers import torch: ~30 s on 2 loaded cores
+def test_pool_hands_each_item_to_exactly_one_worker(tmp_path, monkeypatch):
+    """The process pool: every item runs once, in one of two worker processes (both take
+    part), each with OMP_NUM_THREADS = cores // 2; results keep the items' order; a failing
+    item's result comes from on_error and the others still run."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    items = [f"r{k}" for k in range(6)]
+    jobs = [(str(tmp_path), i) for i in items] + [(str(tmp_path), "boom")]
+    out = run_each(_record_call, jobs, 2, on_error=lambda job, exc: f"failed: {exc}")
+    assert out == [i.upper() for i in items] + ["failed: boom"]
+    calls = [p.name.split(".") for p in tmp_path.iterdir()]
+    assert sorted(item for item, _ in calls) == items  # each item exactly once
+    assert len({pid for _, pid in calls}) == 2 and str(os.getpid()) not in {p for _, p in calls}
+    threads = {p.read_text() for p in tmp_path.iterdir()}
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_field_styles_and_axis_cap():
+    """One style per field, a hue per physics family; the cap clips only a diverging field."""
+    fields = {"poisson": ["physics=poisson"], "pfgmpp_D8": ["physics=pfgmpp", "physics.D=8"],
+              "ve": ["physics=ve"], "vp": ["physics=vp"], "flow": ["physics=linear"],
+              "mine": ["physics=my_field"]}
+    styles = field_styles(fields)
+    assert styles == field_styles(fields)  # the same in every figure
+    assert len({(str(s["color"]), s["marker"]) for s in styles.values()}) == len(fields)
+    blue = [s["color"] for k, s in styles.items() if k in ("poisson", "pfgmpp_D8")]
+    orange = [s["color"] for k, s in styles.items() if k in ("ve", "vp")]
+    assert all(c[2] > c[0] for c in blue) and all(c[0] > c[2] for c in orange)
+    xs = [5, 10, 20]
+    series = {"a": (xs, [0.3, 0.1, 0.06], [0] * 3), "b": (xs, [0.2, 0.09, 0.07], [0] * 3),
+              "c": (xs, [0.25, 0.08, 0.05], [0] * 3)}
+    assert cap_of(series) is None  # nothing diverges: the axis shows everything
+    series["d"] = (xs, [5.0, 4.9, 4.9], [0] * 3)
+    cap = cap_of(series)
+    assert cap == pytest.approx(1.2 * 0.3)  # above every other value, below the diverging one
 
 
 def test_likelihood_of_image_shaped_data():
