@@ -124,7 +124,7 @@ def plan(study: Study) -> None:
 
 
 # --- solvers and NFE budgets ------------------------------------------------------------------
-def build_solver(name: str, steps: int | None = None, overrides=(), record_every: int = 0):
+def build_solver(name: str, steps: int | None = None, overrides=()):
     """The solver of ``conf/solver/<name>.yaml`` with ``steps`` and ``solver.key=value``
     overrides."""
     from hydra.utils import instantiate
@@ -138,14 +138,13 @@ def build_solver(name: str, steps: int | None = None, overrides=(), record_every
     scfg = OmegaConf.merge(scfg, OmegaConf.from_dotlist(dotlist))
     if steps is not None:
         scfg.steps = int(steps)
-    scfg.record_every = int(record_every)
     return instantiate(scfg)
 
 
 @functools.cache
 def solver_kind(name: str):
     """The solver ``conf/solver/<name>.yaml`` builds, at its configured settings: the one place
-    its NFE per step (``steps_within``) and form (``needs_denoiser``) come from."""
+    its NFE per step (``steps_within``) and form (``needs_schedule``) come from."""
     return build_solver(name)
 
 

@@ -45,9 +45,7 @@ def cells_for(study: Study, run: Run) -> list[Cell]:
 def not_applicable(solver_name: str, field) -> str | None:
     """Why ``solver_name`` cannot sample ``field`` (None: it can). The one place the study
     asks the solvers about a field's form."""
-    from unified_ode.solvers import is_affine
-
-    if solver_kind(solver_name).needs_denoiser and not is_affine(field):
+    if solver_kind(solver_name).needs_schedule and field.schedule() is None:
         return f"{solver_name} needs an affine field (denoiser form)"
     return None
 
@@ -154,12 +152,12 @@ def figure_samples(study: Study, run: Run, loader: Loader) -> None:
         return
     loaded = loader.get()
     module, f = loaded.module, study.cfg["figures"]
-    solver = build_solver(f["solver"], steps_for(f["solver"], f["nfe"]), record_every=1)
+    solver = build_solver(f["solver"], steps_for(f["solver"], f["nfe"]))
     images = getattr(loaded.datamodule, "kind", None) == "images"
     g = torch.Generator().manual_seed(int(study.cfg["eval"]["seed"]) + 7)
     n = int(f["n_images"] if images else f["n_points"])
     x_T = module.field.sample_prior(n, module.data_shape, generator=g)
-    result = module.sample(x_T=x_T, solver=solver)
+    result = module.sample(x_T=x_T, solver=solver, record_every=0 if images else 1)
     arrays = {"samples": result.x.cpu().numpy(), "nfe": result.nfe}
     if images:
         from unified_ode.viz.images import to_uint8_nhwc
