@@ -21,7 +21,7 @@ from torch import nn
 
 from tests.conftest import CONF, run_script
 from unified_ode.errors import UserError
-from unified_ode.lit.ema import EMA, EMA_KEY, ema_state_dict
+from unified_ode.lit.ema import EMA, EMA_KEY
 
 # Subprocess runs: two steps of a tiny MLP on the 2-D checkerboard, metrics at the end only.
 TINY = ["trainer.max_steps=2", "dataset.n_train=128", "dataset.n_heldout=64",
@@ -223,7 +223,6 @@ def test_ema_weights_sample_and_go_into_the_checkpoint(tmp_path):
         assert torch.equal(saved[name], buf)
     differing = [k for k in ckpt["state_dict"] if not torch.equal(saved[k], ckpt["state_dict"][k])]
     assert differing  # the shadow is not the raw weights
-    assert all(torch.equal(saved[k], v) for k, v in ema_state_dict(path).items())
     assert ckpt["callbacks"]["EMA"]["num_updates"] == 4
     assert ckpt["callbacks"]["EMA"]["num_images"] == 4 * 64
 
