@@ -452,6 +452,31 @@ def test_lightning_model_checkpoint_monitors_the_sample_metric(tmp_path):
         assert ckpt["global_step"] == best_step, path
 
 
+@pytest.mark.slow
+def test_figures_reuse_the_scored_samples(tmp_path, monkeypatch):
+    """The figure after an evaluation draws the samples the metrics just scored: the only
+    extra solve is the few trajectories (8 here), not a second set of samples."""
+    from unified_ode.app.train import run_training
+    from unified_ode.lit.module import GenerativeODE
+
+    sizes = []
+    real = GenerativeODE.sample
+
+    def counting(self, n=None, **kwargs):
+        sizes.append(n if kwargs.get("x_T") is None else len(kwargs["x_T"]))
+        return real(self, n, **kwargs)
+
+    monkeypatch.setattr(GenerativeODE, "sample", counting)
+    run = tmp_path / "run"
+    overrides = [o for o in RESUME_TINY if o != "~callbacks.figures"]
+    cfg = compose_plain("train", overrides + [f"run_dir={run}", f"trainer.max_steps={N}",
+                                              "callbacks.figures.n_trajectories=8"])
+    with restored_environment():
+        run_training(cfg)
+    assert sizes == [64, 8]  # metrics (one batch of 64), then the figure's 8 paths
+    assert (run / "figures" / f"step_{N:06d}.png").is_file() and (run / "samples.png").is_file()
+
+
 CLI_RESUME = ["dataset.n_train=256", "dataset.n_heldout=64", "dataset.batch_size=64",
               "network.width=16", "network.depth=1", "solver.steps=2",
               "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
@@ -634,6 +659,7 @@ def test_ddp_cpu_trains_and_scores_all_ranks_samples(tmp_path):
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
     assert "(96 samples" in out
+    assert out.count("trained 3 steps") == 1  # rank 0 only
     ckpt = load_ckpt(run_dir)
     assert ckpt["global_step"] == 3
     # the EMA counts the images of both ranks: 3 steps x 32 per rank x 2 ranks
