@@ -98,11 +98,11 @@ class SampleMetrics(L.Callback):
     @property
     def primary(self) -> str | None:
         """The name of the metric that ranks checkpoints and sweeps (lower is better)."""
-        return None if self.scorer.kind is None else stable_name(
-            self.scorer.primary(self.scorer.kind))
+        return None if self.scorer.kind is None else self.primary_for(self.scorer.kind)
 
     @staticmethod
     def primary_for(kind: str) -> str:
+        """``val/sw`` for points, ``val/fid`` for images."""
         return f"{PREFIX}{'sw' if kind == 'points' else 'fid'}"
 
     def dataloader(self, pl_module) -> torch.utils.data.DataLoader:
