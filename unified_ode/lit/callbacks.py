@@ -100,10 +100,10 @@ class SampleMetrics(L.Callback):
         """The name of the metric that ranks checkpoints and sweeps (lower is better)."""
         return None if self.scorer.kind is None else self.primary_for(self.scorer.kind)
 
-    @staticmethod
-    def primary_for(kind: str) -> str:
-        """``val/sw`` for points, ``val/fid`` for images."""
-        return f"{PREFIX}{'sw' if kind == 'points' else 'fid'}"
+    def primary_for(self, kind: str) -> str:
+        """The primary metric's logged name for data of ``kind``: ``val/sw`` for points,
+        ``val/fid`` for images (the scorer's primary metric, under its stable name)."""
+        return stable_name(self.scorer.primary(kind))
 
     def dataloader(self, pl_module) -> torch.utils.data.DataLoader:
         """The validation data: :class:`PriorDraws` (its own generator: no global draws)."""

@@ -115,11 +115,11 @@ class RunCheckpoint(ModelCheckpoint):
         if self.auto_monitor:
             from unified_ode.lit.callbacks import SampleMetrics
 
-            if not any(isinstance(cb, SampleMetrics) for cb in trainer.callbacks):
+            metrics = [cb for cb in trainer.callbacks if isinstance(cb, SampleMetrics)]
+            if not metrics:
                 raise ValueError("RunCheckpoint(monitor='auto') needs a SampleMetrics callback "
                                  "(callbacks.metrics); or set an explicit monitor")
-            kind = getattr(trainer.datamodule, "kind", "points")
-            self.monitor = SampleMetrics.primary_for(kind)
+            self.monitor = metrics[0].primary_for(getattr(trainer.datamodule, "kind", "points"))
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and self.dirpath:
             for path in remove_stale_temporaries(self.dirpath):
