@@ -11,7 +11,7 @@ from tests.conftest import run_script
 
 TINY = ["trainer.max_steps=40", "dataset.n_train=2048", "dataset.batch_size=128",
         "network.width=32", "network.depth=1", "solver.steps=6",
-        "callbacks.metrics.n_samples=256", "callbacks.metrics.every_n_steps=20",
+        "callbacks.metrics.n_samples=256", "trainer.val_check_interval=20",
         "callbacks.checkpoint.every_n_train_steps=20"]
 
 
@@ -31,13 +31,24 @@ def test_train_writes_a_complete_run_directory(trained_run):
     assert (run_dir / "samples.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(next(run_dir.rglob("metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    sws = [float(r["sw@256"]) for r in rows if r.get("sw@256")]
-    nfes = {float(r["nfe"]) for r in rows if r.get("nfe")}
-    prior_sw = [float(r["prior/sw@256"]) for r in rows if r.get("prior/sw@256")]
+    sws = [(int(r["step"]), float(r["val/sw"])) for r in rows if r.get("val/sw")]
+    prior_sw = [float(r["prior/sw"]) for r in rows if r.get("prior/sw")]
     assert losses and all(np.isfinite(losses))
-    assert len(sws) >= 2 and nfes == {11.0}  # Heun, 6 steps: 2·6 − 1
-    assert prior_sw and sws[-1] < prior_sw[0]  # better than the prior samples
+    assert [step for step, _ in sws] == [20, 40]
+    assert prior_sw and sws[-1][1] < prior_sw[0]  # better than the prior samples
+    assert not any("@" in key or key == "nfe" for key in rows[0])  # stable names only
+    from omegaconf import OmegaConf
+
+    hparams = OmegaConf.load(run_dir / "logs" / "hparams.yaml")
+    assert hparams["eval/nfe"] == 11 and hparams["eval/n_samples"] == 256  # Heun, 6 steps
+    assert OmegaConf.load(run_dir / "logs" / "summary.yaml")["final/sw"] == sws[-1][1]
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert "final samples" in proc.stdout
+    # quiet: a step-based bar, no Lightning tips or summary tables, one closing line
+    out = proc.stdout + proc.stderr
+    assert "train:" in proc.stderr and "Epoch" not in out
+    assert "litlogger" not in out and "FLOPs" not in out and "LeafSpec" not in out
+    assert proc.stdout.count("trained 40 steps") == 1
 
 
 @pytest.mark.slow

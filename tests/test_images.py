@@ -241,7 +241,7 @@ def test_missing_mnist_names_folder_and_files(tmp_path, dataset, folder_name):
 TINY_DIGITS_RUN = ["experiment=digits_poisson", "trainer.max_steps=2", "dataset.batch_size=16",
                    "network.model_channels=8", "network.num_blocks=1", "solver.steps=2",
                    "callbacks.metrics.extractor=random", "callbacks.metrics.n_samples=16",
-                   "callbacks.metrics.batch_size=16", "callbacks.metrics.every_n_steps=0",
+                   "callbacks.metrics.batch_size=16",
                    "callbacks.figures.n_images=4"]
 
 

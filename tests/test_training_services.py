@@ -21,13 +21,13 @@ from torch import nn
 
 from tests.conftest import CONF, run_script
 from unified_ode.errors import UserError
-from unified_ode.lit.ema import EMA, EMA_KEY, ema_state_dict
+from unified_ode.lit.ema import EMA, EMA_KEY
 
 # Subprocess runs: two steps of a tiny MLP on the 2-D checkerboard, metrics at the end only.
 TINY = ["trainer.max_steps=2", "dataset.n_train=128", "dataset.n_heldout=64",
         "dataset.batch_size=64", "network.width=8", "network.depth=1", "solver.steps=2",
         "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
-        "callbacks.metrics.every_n_steps=0", "callbacks.checkpoint.every_n_train_steps=0",
+        "callbacks.checkpoint.every_n_train_steps=0",
         "~callbacks.figures", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
 
 
@@ -223,7 +223,6 @@ def test_ema_weights_sample_and_go_into_the_checkpoint(tmp_path):
         assert torch.equal(saved[name], buf)
     differing = [k for k in ckpt["state_dict"] if not torch.equal(saved[k], ckpt["state_dict"][k])]
     assert differing  # the shadow is not the raw weights
-    assert all(torch.equal(saved[k], v) for k, v in ema_state_dict(path).items())
     assert ckpt["callbacks"]["EMA"]["num_updates"] == 4
     assert ckpt["callbacks"]["EMA"]["num_images"] == 4 * 64
 
@@ -284,7 +283,7 @@ def test_ema_rejects_bad_settings():
 N = 4
 RESUME_TINY = MODULE_TINY + [
     "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
-    f"callbacks.metrics.every_n_steps={N}", f"callbacks.checkpoint.every_n_train_steps={N}",
+    f"trainer.val_check_interval={N}", f"callbacks.checkpoint.every_n_train_steps={N}",
     "callbacks.ema.half_life_images=300", "callbacks.ema.rampup_ratio=1.0",
     "~callbacks.figures", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1"]
 
@@ -350,9 +349,9 @@ def test_resumed_log_continues_the_step_count(resumed_runs):
     resumed = read_csv(resumed_runs["resumed"] / "logs" / "metrics.csv")
     assert column(resumed, "train/loss") == column(full, "train/loss")
     assert [s for s, _ in column(resumed, "train/loss")] == list(range(2 * N))
-    assert [s for s, _ in column(resumed, "sw@64")] == [N, 2 * N]
-    assert column(resumed, "sw@64") == column(full, "sw@64")
-    assert len(column(resumed, "prior/sw@64")) == 1  # the baseline only at step 0
+    assert [s for s, _ in column(resumed, "val/sw")] == [N, 2 * N]
+    assert column(resumed, "val/sw") == column(full, "val/sw")
+    assert len(column(resumed, "prior/sw")) == 1  # the baseline only at step 0
     from_ckpt = read_csv(resumed_runs["from_ckpt"] / "logs" / "metrics.csv")
     assert [s for s, _ in column(from_ckpt, "train/loss")] == list(range(N, 2 * N))
 
@@ -373,6 +372,144 @@ def test_resume_guards(resumed_runs, tmp_path):
         train_in_process(tmp_path / "new", f"ckpt_path={tmp_path / 'missing.ckpt'}")
     assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
     assert not (tmp_path / "empty").exists() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_load_from_checkpoint_rebuilds_the_run(resumed_runs):
+    """``GenerativeODE.load_from_checkpoint(path)`` needs nothing but the file: the module is
+    rebuilt from the config stored in it, with the EMA weights (default) or the raw ones."""
+    from unified_ode.lit import GenerativeODE
+
+    path = resumed_runs["full"] / "checkpoints" / "last.ckpt"
+    ckpt = load_ckpt(resumed_runs["full"])
+    ema, raw = GenerativeODE.load_from_checkpoint(path), \
+        GenerativeODE.load_from_checkpoint(path, ema=False)
+    assert all(torch.equal(ema.state_dict()[k], v) for k, v in ckpt[EMA_KEY].items())
+    assert all(torch.equal(raw.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
+    assert not ema.training and ema.hparams["config"]["trainer"]["max_steps"] == 2 * N
+    x = ema.sample(16, generator=torch.Generator().manual_seed(0)).x
+    assert x.shape == (16, 2) and torch.isfinite(x).all()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow
+def test_one_last_ckpt_whatever_the_checkpoint_settings_on_resume(tmp_path):
+    """Issue 14 items 1 and 4: resuming with other checkpoint settings keeps exactly one
+    ``last.ckpt`` (no ``last-v1.ckpt``), always the newest; a stale ``*.ckpt.tmp<pid>`` of a
+    dead writer is removed at start, a live process's is kept."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train_in_process(run, "trainer.max_steps=3", "callbacks.checkpoint.every_n_train_steps=2")
+    ckdir = run / "checkpoints"
+    assert load_ckpt(run)["global_step"] == 3  # written at max_steps, not every 2 only
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead = ckdir / f"last.ckpt.tmp{_dead_pid()}"
+    kept = ckdir / f"last.ckpt.tmp{live.pid}"
+    dead.write_bytes(b"half a checkpoint")
+    kept.write_bytes(b"being written")
+    try:
+        train_in_process(run, "trainer.max_steps=5", "resume=true",
+                         "callbacks.checkpoint.every_n_train_steps=1", "callbacks.best.mode=max")
+        assert not dead.exists() and kept.exists()
+    finally:
+        live.kill()
+        live.wait()
+    kept.unlink()
+    assert load_ckpt(run)["global_step"] == 5
+    train_in_process(run, "trainer.max_steps=7", "resume=true",
+                     "callbacks.checkpoint.every_n_train_steps=4")
+    assert sorted(p.name for p in ckdir.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert load_ckpt(run)["global_step"] == 7
+
+
+@pytest.mark.slow
+def test_lightning_model_checkpoint_monitors_the_sample_metric(tmp_path):
+    """The sample metrics are logged in the validation loop, so Lightning's own
+    ``ModelCheckpoint(monitor="val/sw")`` works unmodified, and agrees with ``best.ckpt``:
+    both hold the step with the lowest ``val/sw`` in metrics.csv."""
+    run = tmp_path / "run"
+    plain = ("+callbacks.plain={_target_:lightning.pytorch.callbacks.ModelCheckpoint,"
+             f"dirpath:'{tmp_path / 'plain'}',filename:top,monitor:'val/sw',mode:min,"
+             "save_top_k:1}")
+    train_in_process(run, "trainer.max_steps=6", "trainer.val_check_interval=2",
+                     "callbacks.ema.half_life_images=50", plain)
+    rows = read_csv(run / "logs" / "metrics.csv")
+    sws = column(rows, "val/sw")
+    assert [s for s, _ in sws] == [2, 4, 6]
+    best_step = min(sws, key=lambda sv: sv[1])[0]
+    for path in (tmp_path / "plain" / "top.ckpt", run / "checkpoints" / "best.ckpt"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == best_step, path
+
+
+@pytest.mark.slow
+def test_figures_reuse_the_scored_samples(tmp_path, monkeypatch):
+    """The figure after an evaluation draws the samples the metrics just scored: the only
+    extra solve is the few trajectories (8 here), not a second set of samples."""
+    from unified_ode.app.train import run_training
+    from unified_ode.lit.module import GenerativeODE
+
+    sizes = []
+    real = GenerativeODE.sample
+
+    def counting(self, n=None, **kwargs):
+        sizes.append(n if kwargs.get("x_T") is None else len(kwargs["x_T"]))
+        return real(self, n, **kwargs)
+
+    monkeypatch.setattr(GenerativeODE, "sample", counting)
+    run = tmp_path / "run"
+    overrides = [o for o in RESUME_TINY if o != "~callbacks.figures"]
+    cfg = compose_plain("train", overrides + [f"run_dir={run}", f"trainer.max_steps={N}",
+                                              "callbacks.figures.n_trajectories=8"])
+    with restored_environment():
+        run_training(cfg)
+    assert sizes == [64, 8]  # metrics (one batch of 64), then the figure's 8 paths
+    assert (run / "figures" / f"step_{N:06d}.png").is_file() and (run / "samples.png").is_file()
+
+
+CLI_RESUME = ["dataset.n_train=256", "dataset.n_heldout=64", "dataset.batch_size=64",
+              "network.width=16", "network.depth=1", "solver.steps=2",
+              "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
+              "trainer.val_check_interval=3", "callbacks.figures.n_points=64",
+              "callbacks.ema.half_life_images=300", "callbacks.ema.rampup_ratio=1.0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("services", ["on", "off"])
+def test_command_line_resume_is_bitwise_across_an_epoch_boundary(tmp_path, services):
+    """Issue 14 item 2, through ``train.py``: 8 steps at once vs 4 + ``resume=true`` to 8, with
+    4 batches an epoch (the interruption is an epoch boundary) and ``last.ckpt`` written only
+    at ``max_steps`` (every_n_train_steps=1000). With services on, sample metrics and figures
+    run at steps 3, 6 and 8 in the straight run and also at step 4 in the interrupted one:
+    evaluation must not touch the training RNG. Cause of the old failure: ``last.ckpt`` was
+    written in ``on_train_end``, after the fit loop had stopped, and Lightning resumed that loop
+    state as a half-finished epoch (a fresh shuffle for the remaining batches)."""
+    off = ["~callbacks.metrics", "~callbacks.best", "~callbacks.figures"]
+    args = CLI_RESUME + (off if services == "off" else [])
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_script("train.py", *args, "trainer.max_steps=8", f"hydra.run.dir={straight}")
+    run_script("train.py", *args, "trainer.max_steps=4", f"hydra.run.dir={resumed}")
+    assert load_ckpt(resumed)["global_step"] == 4
+    run_script("train.py", *args, "trainer.max_steps=8", "resume=true",
+               f"hydra.run.dir={resumed}")
+    a, b = load_ckpt(straight), load_ckpt(resumed)
+    assert a["global_step"] == b["global_step"] == 8
+    for key in ("state_dict", EMA_KEY):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}[{name}] differs"
+    for pid, state in a["optimizer_states"][0]["state"].items():
+        assert all(torch.equal(v, b["optimizer_states"][0]["state"][pid][k])
+                   for k, v in state.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,20 +654,25 @@ def test_ddp_cpu_trains_and_scores_all_ranks_samples(tmp_path):
                                                       "dataset.batch_size"))]
     proc = run_script("train.py", "trainer=ddp_cpu", *overrides, "trainer.max_steps=3",
                       "dataset.batch_size=32", "callbacks.metrics.n_samples=96",
-                      "callbacks.metrics.batch_size=32", "callbacks.metrics.every_n_steps=0",
+                      "callbacks.metrics.batch_size=32",
                       f"hydra.run.dir={run_dir}")
     out = proc.stdout + proc.stderr
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
     assert "(96 samples" in out
+    assert out.count("trained 3 steps") == 1  # rank 0 only
     ckpt = load_ckpt(run_dir)
     assert ckpt["global_step"] == 3
     # the EMA counts the images of both ranks: 3 steps x 32 per rank x 2 ranks
     assert ckpt["callbacks"]["EMA"]["num_images"] == 3 * 32 * 2
     rows = read_csv(run_dir / "logs" / "metrics.csv")
-    assert column(rows, "eval/n_samples") == [(3, 96.0)]
+    from omegaconf import OmegaConf
+
+    hparams = OmegaConf.load(run_dir / "logs" / "hparams.yaml")
+    assert hparams["eval/n_samples"] == 96  # a constant of the run, not a time series
     assert [s for s, _ in column(rows, "train/loss")] == [0, 1, 2]
-    (step, sw), = column(rows, "sw@96")
-    (_, mmd), = column(rows, "mmd@96")
+    (step, sw), = column(rows, "val/sw")
+    (_, mmd), = column(rows, "val/mmd")
+    assert step == 3
 
     result = evaluate_in_process(run_dir, tmp_path / "eval", "n=96", "batch_size=32",
                                  "seed=1234")
@@ -555,7 +697,7 @@ def test_many_loggers_write_csv_tensorboard_and_an_offline_wandb_run(tmp_path, m
     run_script("train.py", "logger=many", *overrides, "callbacks.figures.n_points=64",
                f"hydra.run.dir={run_dir}")
     rows = read_csv(run_dir / "logs" / "metrics.csv")
-    assert column(rows, "train/loss") and column(rows, "sw@64")
+    assert column(rows, "train/loss") and column(rows, "val/sw")
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -563,14 +705,16 @@ def test_many_loggers_write_csv_tensorboard_and_an_offline_wandb_run(tmp_path, m
     assert len(events) == 1
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
-    assert {"train/loss", "sw@64", "prior/sw@64", "nfe"} <= set(acc.Tags()["scalars"])
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/sw", "val/mmd", "prior/sw", "final/sw"} <= scalars
+    assert not any("@" in tag or "nfe" in tag for tag in scalars)  # stable names
     assert "samples" in acc.Tags()["images"]
-    assert [e.step for e in acc.Scalars("sw@64")] == [2]
+    assert [e.step for e in acc.Scalars("val/sw")] == [2]
 
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     data = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in (b"train/loss", b"sw@64", b"optim", b"samples"):  # scalars, config, figure
+    for key in (b"train/loss", b"val/sw", b"optim", b"samples"):  # scalars, config, figure
         assert key in data
     assert (runs[0] / "files").is_dir()
 
@@ -589,7 +733,7 @@ def test_wandb_logger_config_is_offline_by_default(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # 6. Sweeps
 # ---------------------------------------------------------------------------------------------
-def final_metric(job_dir: Path, name: str = "sw@64") -> float:
+def final_metric(job_dir: Path, name: str = "val/sw") -> float:
     return column(read_csv(job_dir / "logs" / "metrics.csv"), name)[-1][1]
 
 
@@ -616,20 +760,39 @@ def test_two_job_sweep_writes_two_complete_runs(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_runs_two_trials(tmp_path):
     """``hparams_search=optuna`` is a multirun by itself; with 2 trials it trains twice and
-    reports the best primary metric that ``train.py`` returned (``sw@64`` here)."""
+    reports the best primary metric that ``train.py`` returned (``val/sw`` here)."""
     from omegaconf import OmegaConf
 
     sweep = tmp_path / "optuna"
     run_script("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY,
                f"hydra.sweep.dir={sweep}")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]
+    assert [p.name.rsplit("_", 1)[1] for p in jobs] == ["0", "1"]
     assert all((job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.best_value == min(final_metric(job) for job in jobs)
     best = results.best_params
     assert 1e-4 <= best["optim.lr"] <= 1e-2
-    assert best["optim.warmup_steps"] in (0, 100, 500)
+    assert best["lr_warmup_steps"] in (0, 100, 500)
     assert 1e4 <= best["callbacks.ema.half_life_images"] <= 1e6
     trial_lrs = [OmegaConf.load(job / "config_resolved.yaml").optim.lr for job in jobs]
     assert trial_lrs[0] != trial_lrs[1] and best["optim.lr"] in trial_lrs
+
+
+@pytest.mark.slow
+def test_optuna_study_persists_in_the_sweep_dir_and_resumes(tmp_path):
+    """The study lives in ``<sweep dir>/optuna.db``; starting the search again in the same
+    sweep dir continues the same study (2 + 1 trials), in new job directories."""
+    import optuna
+
+    sweep = tmp_path / "optuna"
+    for n in (2, 1):
+        run_script("train.py", "hparams_search=optuna", f"hydra.sweeper.n_trials={n}", *TINY,
+                   f"hydra.sweep.dir={sweep}")
+    assert (sweep / "optuna.db").is_file()
+    study = optuna.load_study(study_name="unified_ode", storage=f"sqlite:///{sweep}/optuna.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    jobs = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(jobs) == 3 and all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs)
+    assert sorted(t.value for t in done) == sorted(final_metric(j) for j in jobs)

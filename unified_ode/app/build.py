@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -61,8 +62,22 @@ def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, objec
     objective, parametrisation = build_objective(cfg, field)
     model = build_model(cfg, parametrisation, datamodule)
     module = GenerativeODE(field, model, objective, build_solver(cfg),
-                           data_shape=datamodule.data_shape, optim=cfg.get("optim"))
+                           data_shape=datamodule.data_shape, optimizer=build_optimizer(cfg),
+                           lr_warmup_steps=int(cfg.get("lr_warmup_steps") or 0))
     return module, datamodule
+
+
+def build_optimizer(cfg: DictConfig):
+    """``params -> optimizer`` from the ``optim`` group (a ``_partial_`` config); None when the
+    config has none, or only the ``optim.name`` block of run directories written before
+    ``conf/optim/`` existed (they can be sampled, not trained further)."""
+    if cfg.get("optim") is None or "_target_" not in cfg.optim:
+        return None
+    factory = instantiate(cfg.optim)
+    if not callable(factory) or isinstance(factory, torch.optim.Optimizer):
+        raise UserError("optim must be a _partial_: true config of an optimizer class "
+                        "(see conf/optim/adam.yaml)")
+    return factory
 
 
 def _instantiate_entries(cfg: DictConfig, group: str) -> list:

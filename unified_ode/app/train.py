@@ -22,7 +22,7 @@ from unified_ode.errors import UserError
 
 RESOLVED_CONFIG = "config_resolved.yaml"
 #: Config sections that define the model and its training; a resume must not change them.
-RESUME_MUST_MATCH = ("physics", "network", "dataset", "optim", "seed")
+RESUME_MUST_MATCH = ("physics", "network", "dataset", "optim", "lr_warmup_steps", "seed")
 
 
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -84,6 +84,7 @@ def run_training(cfg: DictConfig) -> dict:
         module.compile = True
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    module.remember_config(resolved)  # GenerativeODE.load_from_checkpoint rebuilds from it
     if ckpt_path is None or not (run_dir / RESOLVED_CONFIG).exists():
         (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(resolved))
     print(f"run directory: {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""))
@@ -106,6 +107,7 @@ def run_training(cfg: DictConfig) -> dict:
             objective = float(metrics[primary])
     for logger in trainer.loggers:
         logger.save()
-    print(f"trained {trainer.global_step} steps in {seconds:.1f} s; outputs in {run_dir}")
+    if trainer.is_global_zero:
+        print(f"trained {trainer.global_step} steps in {seconds:.1f} s; outputs in {run_dir}")
     return {"run_dir": str(run_dir), "steps": trainer.global_step, "seconds": seconds,
             "metrics": metrics, "objective": objective}

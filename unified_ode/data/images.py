@@ -141,6 +141,11 @@ class ImageDataModule(L.LightningDataModule):
                           collate_fn=ImageBatch(0.5 if self.hflip else 0.0),
                           persistent_workers=self.num_workers > 0)
 
+    def val_dataloader(self):
+        """The model's validation data (prior draws for the sample metrics, see
+        ``GenerativeODE.val_dataloader``); a data set has no validation split of its own."""
+        return self.trainer.lightning_module.val_dataloader()
+
     def describe(self) -> dict:
         return {"dataset": type(self).__name__, "data_shape": list(self.data_shape),
                 "hflip": self.hflip}

@@ -121,3 +121,8 @@ class Toy2DDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return DataLoader(TensorDataset(self.train_tensor()), batch_size=self.batch_size,
                           shuffle=True, drop_last=True)
+
+    def val_dataloader(self):
+        """The model's validation data (prior draws for the sample metrics, see
+        ``GenerativeODE.val_dataloader``); a data set has no validation split of its own."""
+        return self.trainer.lightning_module.val_dataloader()

@@ -4,6 +4,11 @@ from unified_ode.lit.callbacks import PeriodicSampling, SampleMetrics
 from unified_ode.lit.checkpoint import AtomicCheckpointIO, RNGState, RunCheckpoint
 from unified_ode.lit.ema import EMA
 from unified_ode.lit.module import GenerativeODE
+from unified_ode.lit.progress import StepProgressBar, quiet_lightning_logs
+from unified_ode.lit.sweeps import register_resolvers
+
+quiet_lightning_logs()
+register_resolvers()  # ${unified_ode.sqlite:...} of conf/hparams_search/optuna.yaml
 
 __all__ = ["EMA", "AtomicCheckpointIO", "GenerativeODE", "PeriodicSampling", "RNGState",
-           "RunCheckpoint", "SampleMetrics"]
+           "RunCheckpoint", "SampleMetrics", "StepProgressBar"]

@@ -17,17 +17,27 @@ The EMA weights are what sampling and evaluation use: the callback attaches itse
 module (``GenerativeODE.ema``) and :meth:`EMA.applied` swaps the shadow weights into the model
 for the duration of a ``with`` block. Checkpoints carry them twice over: the callback state
 (counters) plus ``checkpoint["ema_state_dict"]``, a full ``state_dict`` of the module with the
-averaged parameters, which :func:`ema_state_dict` reads back for sampling. Buffers are not
-averaged (they are copied from the model when swapped in).
+averaged parameters, which :func:`unified_ode.app.runs.load_weights` reads for sampling.
+Buffers are not averaged (they are copied from the model when swapped in). Updates and swaps
+are single ``torch._foreach_*`` calls over all parameters (no Python loop, no host sync).
 
 The callback holds only tensors and numbers, so it pickles (``ddp_spawn``); under DDP every rank
 keeps the same average, since every rank sees the same parameters after each step.
+
+Why not Lightning's ``WeightAveraging``/``EMAWeightAveraging`` or ``torch.optim.swa_utils``
+(checked against Lightning 2.6 / torch 2.x): ``WeightAveraging`` copies the average into the
+trained model when fitting ends (a ``last.ckpt`` written afterwards loses the raw weights, so a
+resume is no longer exact, and ``sample(ema=False)`` gets the average), stores the average as
+the checkpoint's ``state_dict`` (a different file format from every run written so far) and
+exposes the averaged model only through a private attribute; ``AveragedModel.update_parameters``
+reads its ``n_averaged`` counter back to the host twice per update (a GPU sync every step) and
+walks the parameters in Python. The half-life-in-images rule also needs the image count, which
+neither keeps. Hence this one small class.
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -67,6 +77,7 @@ class EMA(L.Callback):
         self._pending: dict[str, torch.Tensor] | None = None  # restored, not yet on device
         self._images_since_update = 0
         self._last_step = None
+        self._cached = None        # (key, parameters, shadows, same dtypes): see _lists
 
     # --- the rule ------------------------------------------------------------------------
     def beta(self, images_in_step: int) -> float:
@@ -86,19 +97,41 @@ class EMA(L.Callback):
         if not self.shadow:
             self.reset_to(model)
         beta = self.beta(images_in_step)
-        for name, p in self._parameters(model):
-            self.shadow[name].lerp_(p.detach().to(self.shadow[name].dtype), 1.0 - beta)
+        params, shadow, same_dtype = self._lists(model)
+        if not same_dtype:  # e.g. bf16 parameters, float32 average
+            params = [p.to(s.dtype) for p, s in zip(params, shadow)]
+        torch._foreach_lerp_(shadow, params, 1.0 - beta)
         self.num_updates += 1
         self.num_images += int(images_in_step)
         return beta
 
     @staticmethod
-    def _parameters(model):
-        return [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    def _parameters(model) -> tuple[list[str], list[torch.Tensor]]:
+        """Names and (detached) tensors of ``model``'s floating-point parameters."""
+        pairs = [(n, p.detach()) for n, p in model.named_parameters() if p.is_floating_point()]
+        return [n for n, _ in pairs], [p for _, p in pairs]
+
+    def _lists(self, model) -> tuple[list[torch.Tensor], list[torch.Tensor], bool]:
+        """``(parameters, shadows, same dtypes)`` in matching order, built once per model and
+        shadow dict (so an update is one fused call, not a walk over the parameters)."""
+        key = (model, self.shadow)
+        if (self._cached is None or self._cached[0][0] is not model
+                or self._cached[0][1] is not self.shadow):
+            names, params = self._parameters(model)
+            shadow = [self.shadow[n] for n in names]
+            same = all(p.dtype == t.dtype for p, t in zip(params, shadow))
+            self._cached = (key, params, shadow, same)
+        return self._cached[1:]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cached"] = None  # references the model's parameters; rebuilt on demand
+        return state
 
     @torch.no_grad()
     def reset_to(self, model: torch.nn.Module) -> None:
-        self.shadow = {n: p.detach().clone().float() for n, p in self._parameters(model)}
+        names, params = self._parameters(model)
+        self.shadow = {n: p.clone().float() for n, p in zip(names, params)}
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module):
@@ -106,23 +139,21 @@ class EMA(L.Callback):
         if not self.shadow:
             yield model
             return
-        backup = {}
+        names, params = self._parameters(model)
         with torch.no_grad():
-            for name, p in self._parameters(model):
-                backup[name] = p.detach().clone()
-                p.copy_(self.shadow[name])
+            backup = torch._foreach_mul(params, 1.0)  # copies
+            torch._foreach_copy_(params, [self.shadow[n] for n in names])
         try:
             yield model
         finally:
             with torch.no_grad():
-                for name, p in self._parameters(model):
-                    p.copy_(backup[name])
+                torch._foreach_copy_(params, backup)
 
     # --- Lightning hooks -----------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module):
         model = pl_module.model
         if self._pending is not None:
-            own = dict(self._parameters(model))
+            own = dict(zip(*self._parameters(model)))
             self.shadow = {n: t.to(own[n].device).float() for n, t in self._pending.items()}
             self._pending = None
         elif not self.shadow:
@@ -161,19 +192,6 @@ class EMA(L.Callback):
         saved = checkpoint.get(EMA_KEY)
         if saved is None:
             return
-        self._pending = {n: saved[f"model.{n}"].clone() for n, _ in
-                         self._parameters(pl_module.model)}
+        self._pending = {n: saved[f"model.{n}"].clone()
+                         for n in self._parameters(pl_module.model)[0]}
 
-
-def ema_state_dict(path: str | Path) -> dict | None:
-    """The EMA ``state_dict`` stored in a checkpoint (keys as the module's), or None."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return ckpt.get(EMA_KEY) if isinstance(ckpt, dict) else None
-
-
-def find_ema(trainer) -> EMA | None:
-    """The trainer's EMA callback, if any."""
-    for cb in trainer.callbacks:
-        if isinstance(cb, EMA):
-            return cb
-    return None

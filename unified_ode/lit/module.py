@@ -3,12 +3,29 @@
 The module knows about training loops, devices and loggers; the physics it delegates to the
 field (kernel, prior, drift), the network to the model (a preconditioned network or the exact
 posterior) and integration to the solver.
+
+Loading a trained run in Python::
+
+    module = GenerativeODE.load_from_checkpoint("outputs/<run>/checkpoints/last.ckpt")
+    x = module.sample(1000).x          # EMA weights when the checkpoint has them
+
+This works because ``train.py`` stores the composed, resolved config in every checkpoint
+(``checkpoint["hyper_parameters"]["config"]``, through :meth:`GenerativeODE.remember_config`),
+from which :meth:`GenerativeODE.load_from_checkpoint` rebuilds the module exactly as
+``train.py`` built it, then loads the weights.
+
+Sample metrics run in Lightning's validation loop: the "validation data" are batches of fixed
+prior draws (:meth:`GenerativeODE.val_dataloader`, provided when a
+:class:`~unified_ode.lit.callbacks.SampleMetrics` callback is attached), and
+:meth:`GenerativeODE.validation_step` integrates each batch to samples.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,6 +33,9 @@ from torch import Tensor
 
 from unified_ode.parametrisation import ProbabilityFlow
 from unified_ode.solvers.base import Solver, SolveResult
+
+#: Where :meth:`GenerativeODE.remember_config` keeps the composed config in a checkpoint.
+CONFIG_KEY = "config"
 
 
 class GenerativeODE(L.LightningModule):
@@ -32,33 +52,66 @@ class GenerativeODE(L.LightningModule):
         ``model`` predicts.
     solver: default :class:`unified_ode.solvers.Solver` for :meth:`sample`.
     data_shape: shape of one sample.
-    optim: ``name`` (``adam`` or ``adamw``), ``lr``, ``betas``, ``eps``, ``weight_decay``,
-        ``warmup_steps`` (linear learning-rate warm-up from ``lr/warmup_steps`` to ``lr``).
+    optimizer: ``params -> torch.optim.Optimizer``, e.g. ``functools.partial(torch.optim.Adam,
+        lr=2e-3)`` (what Hydra's ``_partial_: true`` configs of ``conf/optim/`` give). None:
+        the module cannot be trained (sampling only).
+    lr_warmup_steps: linear learning-rate warm-up over this many optimiser steps (from
+        ``lr / lr_warmup_steps`` to ``lr``); 0: none.
     compile: train through ``torch.compile(model)`` (the stored weights and checkpoints are
         those of the uncompiled model, so checkpoints do not depend on this switch).
 
     ``ema`` is set by the :class:`~unified_ode.lit.ema.EMA` callback; :meth:`sample` and
-    :meth:`use_ema` then use the averaged weights.
+    :meth:`use_ema` then use the averaged weights. ``evaluation`` is set by the
+    :class:`~unified_ode.lit.callbacks.SampleMetrics` callback and provides the validation
+    data (prior draws).
     """
 
-    OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-
     def __init__(self, field, model: torch.nn.Module, objective, solver: Solver,
-                 data_shape, optim: dict | None = None, compile: bool = False):
+                 data_shape, optimizer=None, lr_warmup_steps: int = 0, compile: bool = False):
         super().__init__()
         self.field = field
         self.model = model
         self.objective = objective
         self.solver = solver
         self.data_shape = tuple(int(s) for s in data_shape)
-        self.optim = {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
-                      "weight_decay": 0.0, "warmup_steps": 0, **(optim or {})}
-        if str(self.optim["name"]).lower() not in self.OPTIMIZERS:
-            raise ValueError(f"unknown optim.name={self.optim['name']!r}; choose one of "
-                             f"{', '.join(self.OPTIMIZERS)}")
+        self.optimizer_factory = optimizer
+        self.lr_warmup_steps = int(lr_warmup_steps)
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
         self.compile = bool(compile)
         self._compiled: dict = {}  # not a submodule: keeps state_dict keys unchanged
         self.ema = None
+        self.evaluation = None
+
+    # --- the run's config ----------------------------------------------------------------
+    def remember_config(self, config: dict) -> None:
+        """Store the composed, resolved config (plain containers) in every checkpoint, so that
+        :meth:`load_from_checkpoint` can rebuild this module. Not sent to the loggers here
+        (``train.py`` logs the config itself)."""
+        self.save_hyperparameters({CONFIG_KEY: config}, logger=False)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, *, ema: bool = True,
+                             **_ignored):
+        """The module of a checkpoint written by ``train.py``, rebuilt from the config the
+        checkpoint stores, with its EMA weights (``ema=True``, when the checkpoint has them)
+        or its raw weights; in eval mode, on ``map_location`` (default: CPU). The file is read
+        with ``weights_only=True``."""
+        from omegaconf import OmegaConf
+
+        from unified_ode.app.build import build_module
+        from unified_ode.app.runs import load_weights, read_checkpoint
+        from unified_ode.errors import UserError
+
+        path = Path(checkpoint_path)
+        config = (read_checkpoint(path).get("hyper_parameters") or {}).get(CONFIG_KEY)
+        if config is None:
+            raise UserError(f"{str(path)!r} holds no run config (written before configs were "
+                            "stored in checkpoints?): load it with sample.py run=<its run dir>.")
+        module, _ = build_module(OmegaConf.create(config))
+        load_weights(module, path, str(config.get("network", {}).get("_target_")), ema=ema)
+        module.remember_config(config)
+        return module.to(map_location or "cpu").eval()
 
     # --- inference -----------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -104,24 +157,31 @@ class GenerativeODE(L.LightningModule):
         solver = solver or self.solver
         was_training = self.training
         self.eval()
-        weights = contextlib.ExitStack()
-        weights.enter_context(self.use_ema(ema))
         try:
-            times = solver.time_grid(self.field)
-            return solver.solve(self.flow(), x_T.to(self.device), times,
-                                record_every=record_every, callback=callback,
-                                progress=progress)
+            with self.use_ema(ema):
+                times = solver.time_grid(self.field)
+                return solver.solve(self.flow(), x_T.to(self.device), times,
+                                    record_every=record_every, callback=callback,
+                                    progress=progress)
         finally:
-            weights.close()
             self.train(was_training)
+
+    # --- validation: sample metrics ------------------------------------------------------
+    def val_dataloader(self):
+        """Batches of fixed prior draws from the attached
+        :class:`~unified_ode.lit.callbacks.SampleMetrics` (none without one). The data modules
+        hand this on as their own ``val_dataloader``."""
+        return [] if self.evaluation is None else self.evaluation.dataloader(self)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> SolveResult:
+        """Integrate one batch of prior states ``(B, *data_shape)`` to samples (EMA weights);
+        the metrics callback collects them in ``on_validation_batch_end``."""
+        return self.sample(x_T=batch)
 
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         y = batch[0] if isinstance(batch, (list, tuple)) else batch
         loss = self.objective(self._train_model(), self.field, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step "
-                                     f"{self.global_step}; lower optim.lr or check the data")
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
@@ -154,16 +214,21 @@ class GenerativeODE(L.LightningModule):
         if not params:
             raise ValueError("the model has no trainable parameters (network=exact needs no "
                              "training: use sample.py)")
-        opt_class = self.OPTIMIZERS[str(self.optim["name"]).lower()]
-        opt = opt_class(params, lr=float(self.optim["lr"]), betas=tuple(self.optim["betas"]),
-                        eps=float(self.optim["eps"]),
-                        weight_decay=float(self.optim["weight_decay"]))
-        warmup = int(self.optim["warmup_steps"])
-        if warmup <= 0:
+        if self.optimizer_factory is None:
+            raise ValueError("GenerativeODE was built without an optimizer; pass "
+                             "optimizer=functools.partial(torch.optim.Adam, lr=...) (conf/optim)")
+        opt = self.optimizer_factory(params)
+        if self.lr_warmup_steps <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: min(1.0, (step + 1) / warmup))
+            opt, functools.partial(_linear_warmup, steps=self.lr_warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.model.parameters() if p.requires_grad)
+
+
+def _linear_warmup(step: int, steps: int) -> float:
+    """Learning-rate factor of step ``step`` (0-based) under a ``steps``-step linear warm-up
+    (a module-level function, so the scheduler pickles)."""
+    return min(1.0, (step + 1) / steps)
