@@ -1,18 +1,119 @@
-"""Run directories: where a training run's config and checkpoints live, and loading them back."""
+"""Run directories: where a training run's config and checkpoints live, and loading them back.
+
+Claims (see :mod:`unified_ode.app.claims`) keep two processes out of one directory; the guard
+:func:`resume_checkpoint` decides whether a directory may be trained into; the readers load a
+run's config (its ``_target_`` entries restricted to :data:`TRUSTED_TARGETS`) and checkpoints
+(``weights_only``: no code runs).
+"""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from unified_ode.app.claims import (  # noqa: F401 - re-exported: the public names live here
+    LOCK_FILE,
+    claim_new_dir,
+    claim_run_dir,
+    discard_unused_run_dir,
+    release_run_dir,
+)
 from unified_ode.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
+RESOLVED_CONFIG = "config_resolved.yaml"
+#: Config sections that define the model and its training; a resume must not change them.
+RESUME_MUST_MATCH = ("physics", "network", "dataset", "optim", "seed")
+#: ``_target_`` prefixes a saved run config may name (a run directory is data, possibly from
+#: someone else: ``_target_: os.system`` in it must not run).
+TRUSTED_TARGETS = ("unified_ode.", "torch.optim.", "torch.nn.", "lightning.Trainer",
+                   "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.",
+                   "lightning.pytorch.loggers.", "lightning.pytorch.plugins.",
+                   "lightning.pytorch.strategies.")
+
+
+def resume_checkpoint(run_dir: str | Path, cfg: DictConfig) -> Path | None:
+    """The run-directory guard: the checkpoint a training run in ``run_dir`` continues from.
+
+    * ``resume=true``: ``run_dir/checkpoints/last.ckpt``, which must exist, and the run's
+      saved :data:`RESUME_MUST_MATCH` sections must equal ``cfg``'s (:func:`check_same_config`).
+    * otherwise a directory holding ``last.ckpt`` is refused (never overwritten);
+      ``ckpt_path=<file>`` (must exist) starts a new run from that file; else ``None``.
+
+    Raises :class:`UserError` with what to type instead. Used by ``train.py`` before Hydra
+    writes anything into the directory, and by :func:`unified_ode.app.train.run_training`.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST_CKPT
+    if bool(cfg.get("resume", False)):
+        if not last.is_file():
+            raise UserError(f"resume=true but {last} does not exist. Resume a run directory "
+                            "that holds checkpoints/last.ckpt (hydra.run.dir=<that dir>), or "
+                            "drop resume=true to start a new run.")
+        check_same_config(run_dir, cfg)
+        return last
+    if last.exists():
+        raise UserError(f"{run_dir} already holds a checkpoint ({LAST_CKPT}); refusing to "
+                        "overwrite it. Continue it with resume=true, start a new run (the "
+                        "default run dir is time-stamped) or pass hydra.run.dir=<a new "
+                        "directory>.")
+    if cfg.get("ckpt_path"):
+        path = Path(str(cfg.ckpt_path))
+        if not path.is_file():
+            raise UserError(f"ckpt_path={str(path)!r} does not exist.")
+        return path
+    return None
+
+
+def check_same_config(run_dir: str | Path, cfg: DictConfig) -> None:
+    """Refuse (:class:`UserError`) when ``cfg``'s :data:`RESUME_MUST_MATCH` sections differ from
+    the run's saved ``config_resolved.yaml`` (no saved file: nothing to compare)."""
+    saved_path = Path(run_dir) / RESOLVED_CONFIG
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.load(saved_path)
+    now = {key: _plain(cfg.get(key)) for key in RESUME_MUST_MATCH}
+    diffs = [key for key in RESUME_MUST_MATCH if _plain(saved.get(key)) != now[key]]
+    if diffs:
+        raise UserError(f"resume=true: this command's {', '.join(diffs)} config differs from "
+                        f"the run's ({saved_path}). Repeat the run's original overrides (see "
+                        f"{saved_path}); only trainer, logger and callbacks settings may "
+                        "change on resume.")
+
+
+def _plain(x):
+    if isinstance(x, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(x, resolve=True)
+    return x
+
+
+def check_trusted_targets(cfg, source: str) -> None:
+    """Refuse a loaded config any of whose ``_target_`` entries is outside
+    :data:`TRUSTED_TARGETS` (it would be imported and called on instantiation)."""
+    def walk(node, key):
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not str(target).startswith(TRUSTED_TARGETS):
+                raise UserError(f"{source}: {key + '.' if key else ''}_target_={target!r} is not "
+                                "a unified_ode, torch.optim/nn or Lightning class; a run "
+                                "directory's config must not name other code, so it is not "
+                                "loaded. Train the run again with this project, or copy the "
+                                "settings you need onto your own command line.")
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg, "")
 
 
 def load_run_config(run_dir: str | Path) -> tuple[DictConfig, list[str]]:
@@ -27,7 +128,9 @@ def load_run_config(run_dir: str | Path) -> tuple[DictConfig, list[str]]:
                         "missing. Pass the directory that train.py printed at its start.")
     overrides_path = run / OVERRIDES_FILE
     overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
-    return OmegaConf.load(cfg_path), [str(o) for o in overrides]
+    cfg = OmegaConf.load(cfg_path)
+    check_trusted_targets(cfg, str(cfg_path))
+    return cfg, [str(o) for o in overrides]
 
 
 def default_checkpoint(run_dir: str | Path) -> Path:
@@ -45,12 +148,25 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist. Pass ckpt_path=<file.ckpt> "
                         "or run=<run dir> holding checkpoints/last.ckpt.")
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise UserError(f"cannot read checkpoint {str(path)!r} as a weights-only file "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0]}). Is it a "
-                        "checkpoint written by unified_ode, and complete?") from exc
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise UserError(f"cannot read checkpoint {str(path)!r}: it is not a PyTorch "
+                            "checkpoint file (or it is truncated). Pass a checkpoint written "
+                            "by unified_ode's train.py.") from None
+        # torch's message suggests weights_only=False, i.e. running the file's code: never.
+        raise UserError(f"{str(path)!r} is not a trusted checkpoint file: it holds objects "
+                        "other than tensors, numbers, strings and containers (the weights-only "
+                        "loader refused them, and nothing in it was run). Pass a checkpoint "
+                        "written by unified_ode's train.py.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise UserError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: "
+                        f"{first}). Is it a complete checkpoint written by unified_ode's "
+                        "train.py?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict').")
     return ckpt
