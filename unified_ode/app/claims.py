@@ -109,9 +109,10 @@ def release_run_dir(path: str | Path) -> None:
         os.close(held[0])
 
 
-def discard_unused_run_dir(path: str | Path) -> bool:
-    """Remove ``path`` if it holds nothing but :data:`START_FILES` (and empty folders); returns
-    whether it was removed. Anything else in it (a checkpoint, a log of real work) keeps it."""
+def discard_unused_run_dir(path: str | Path, empty_parents: int = 0) -> bool:
+    """Remove ``path`` if it holds nothing but :data:`START_FILES` (and empty folders), and
+    then up to ``empty_parents`` of its parent folders that are left empty; returns whether
+    ``path`` was removed. Anything else in it (a checkpoint, a log of real work) keeps it."""
     path = Path(path)
     if not path.is_dir():
         return False
@@ -123,4 +124,9 @@ def discard_unused_run_dir(path: str | Path) -> bool:
     for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         d.rmdir()
     path.rmdir()
+    for parent in list(path.parents)[:empty_parents]:
+        try:
+            parent.rmdir()  # only succeeds while empty
+        except OSError:
+            break
     return True

@@ -142,6 +142,11 @@ def preflight(config_name: str, argv: list[str], validate) -> list[str]:
         composed = compose_checked(config_name, variant)
         validate(composed)
         cfg = cfg if cfg is not None else composed
+    if config_name == "sample" and cfg is not None and cfg.get("out_dir"):
+        existing = Path(str(cfg.out_dir)) / "samples.npz"
+        if existing.exists():
+            raise UserError(f"{existing} already exists; refusing to overwrite it. Pass "
+                            "out_dir=<a new directory>.")
     if config_name != "train" or cfg is None:
         return argv
     multirun = bool(flags.get("-m") or flags.get("--multirun"))

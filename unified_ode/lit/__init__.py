@@ -3,7 +3,8 @@
 from unified_ode.lit.callbacks import PeriodicSampling, SampleMetrics
 from unified_ode.lit.checkpoint import AtomicCheckpointIO, RNGState, RunCheckpoint
 from unified_ode.lit.ema import EMA
+from unified_ode.lit.guards import NanGuard
 from unified_ode.lit.module import GenerativeODE
 
-__all__ = ["EMA", "AtomicCheckpointIO", "GenerativeODE", "PeriodicSampling", "RNGState",
+__all__ = ["EMA", "AtomicCheckpointIO", "GenerativeODE", "NanGuard", "PeriodicSampling", "RNGState",
            "RunCheckpoint", "SampleMetrics"]

@@ -104,9 +104,6 @@ class GenerativeODE(L.LightningModule):
     def training_step(self, batch, batch_idx):
         y = batch[0] if isinstance(batch, (list, tuple)) else batch
         loss = self.objective(self._train_model(), self.field, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step "
-                                     f"{self.global_step}; lower optim.lr or check the data")
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
