@@ -9,6 +9,7 @@ run's config (its ``_target_`` entries restricted to :data:`TRUSTED_TARGETS`) an
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,15 +154,17 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise UserError(f"cannot read checkpoint {str(path)!r}: it is not a PyTorch "
-                            "checkpoint file (or it is truncated). Pass a checkpoint written "
-                            "by unified_ode's train.py.") from None
+        found = re.search(r"\bGLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise UserError(f"cannot read checkpoint {str(path)!r}: it is not a complete "
+                            "PyTorch checkpoint file. Pass a checkpoint written by "
+                            "unified_ode's train.py.") from None
         # torch's message suggests weights_only=False, i.e. running the file's code: never.
-        raise UserError(f"{str(path)!r} is not a trusted checkpoint file: it holds objects "
-                        "other than tensors, numbers, strings and containers (the weights-only "
-                        "loader refused them, and nothing in it was run). Pass a checkpoint "
-                        "written by unified_ode's train.py.") from None
+        raise UserError(f"{str(path)!r} is not a trusted checkpoint file: it names "
+                        f"{found[1]}, and checkpoints hold only tensors, numbers, strings and "
+                        "containers (the weights-only loader refused it; nothing in the file "
+                        "was run). Pass a checkpoint written by unified_ode's train.py.") \
+            from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         first = (str(exc).splitlines() or [""])[0]
         raise UserError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: "
