@@ -13,10 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unified_ode.app.sample import register_resolvers
 from unified_ode.errors import friendly_errors
-
-register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -49,4 +46,7 @@ if __name__ == "__main__":
     from unified_ode.app.schema import validate_sample
 
     sys.argv = run_preflight("sample.py", "sample", sys.argv, validate_sample)
+    from unified_ode.app.sample import register_resolvers  # torch and friends: after the check
+
+    register_resolvers()
     main()
