@@ -164,6 +164,52 @@ def test_a_claimed_directory_is_refused_until_its_holder_dies(tmp_path):
     release_run_dir(run)
 
 
+SWEEP_TINY = ["trainer.max_steps=4", "dataset.n_train=256", "dataset.batch_size=64",
+              "network.width=16", "network.depth=1", "~callbacks.metrics", "~callbacks.best",
+              "~callbacks.figures", "~callbacks.progress", "trainer.enable_model_summary=false",
+              "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=2"]
+
+
+def _start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
+    """Two ``train.py -m`` with the default (time-stamped) sweep directory, started at the same
+    moment, each get their own directory (a suffix when the second is the same); two with the
+    same explicit ``hydra.sweep.dir``: one runs, the other is refused (exit 2)."""
+    from omegaconf import OmegaConf
+
+    procs = [_start(tmp_path, "-m", *SWEEP_TINY, f"seed={a},{b}") for a, b in ((0, 1), (2, 3))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    sweeps = sorted(tmp_path.glob("multirun/*/*"))
+    assert len(sweeps) == 2, sweeps
+    seeds = []
+    for sweep in sweeps:
+        for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+            overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+            seeds += [o for o in overrides if o.startswith("seed=")]
+            assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["last.ckpt"]
+            with open(job / "logs" / "metrics.csv") as f:
+                steps = [r.split(",") for r in f.read().splitlines()[1:]]
+            assert len(steps) == 4, steps  # this job's 4 steps only
+    assert sorted(seeds) == ["seed=0", "seed=1", "seed=2", "seed=3"]
+
+    shared = tmp_path / "shared"
+    procs = [_start(tmp_path, "-m", *SWEEP_TINY, "seed=0,1", f"hydra.sweep.dir={shared}")
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [o[1][-1500:] for o in outs]
+    refused = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
+    assert "is in use by process" in refused and "Traceback" not in refused
+    assert sorted(p.name for p in shared.iterdir()) == [".run.lock", "0", "1"]
+
+
 def test_unused_directories_are_discarded_and_used_ones_kept(tmp_path):
     from unified_ode.app.claims import discard_unused_run_dir
 

@@ -211,3 +211,43 @@ def load_weights(module: torch.nn.Module, path: str | Path, network_desc: str, *
     ema_state = ckpt.get(EMA_KEY) if ema else None
     module.load_state_dict(state if ema_state is None else ema_state, strict=True)
     return ema_state is not None
+
+
+def trim_log_for_resume(metrics_csv: str | Path, step: int) -> int:
+    """Drop the rows of a CSV metrics log that a run resumed from a checkpoint at global step
+    ``step`` writes again, so that each step is logged once however the previous process
+    ended (``kill -9`` after the checkpoint loses nothing else but leaves those rows): the
+    rows of later steps, and at ``step`` itself the training step's rows (those with an
+    ``epoch`` value, which Lightning adds to what ``LightningModule.log`` sends; the loss
+    logged at ``step`` belongs to the step after the checkpoint). Rows that callbacks logged at
+    ``step`` (evaluations made before that checkpoint was saved) stay. The file is rewritten
+    atomically (temporary file, then ``os.replace``). Returns the number of rows dropped."""
+    import csv
+    import os
+
+    path = Path(metrics_csv)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+
+    def later(row) -> bool:
+        try:
+            s = int(float(row.get("step") or -1))
+        except ValueError:
+            return False
+        return s > step or (s == step and bool(row.get("epoch")))
+
+    keep = [r for r in rows if not later(r)]
+    if len(keep) == len(rows):
+        return 0
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows) - len(keep)

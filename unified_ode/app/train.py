@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from unified_ode.app.build import build_callbacks, build_loggers, build_module, is_exact
@@ -24,6 +25,7 @@ from unified_ode.app.runs import (
     read_checkpoint,
     release_run_dir,
     resume_checkpoint,
+    trim_log_for_resume,
 )
 from unified_ode.app.schema import validate_train
 from unified_ode.errors import UserError
@@ -51,8 +53,9 @@ def run_training(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_path = resume_checkpoint(run_dir, cfg)
-    if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # a clear error for a file that is not a safe checkpoint
+    resume_step = None
+    if ckpt_path is not None:  # a clear error for a file that is not a safe checkpoint
+        resume_step = int(read_checkpoint(ckpt_path).get("global_step", 0))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module, datamodule = build_module(cfg)
     if cfg.get("compile", False):
@@ -69,6 +72,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg),
                           logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:
+        if resume_step is not None and cfg.get("resume") and isinstance(logger, CSVLogger):
+            trim_log_for_resume(Path(logger.log_dir) / "metrics.csv", resume_step)
         logger.log_hyperparams(resolved)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
