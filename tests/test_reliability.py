@@ -2,8 +2,7 @@
 
 Bad inputs and crafted files go through ``train.py`` / ``sample.py`` as a user would (exit
 status 2, one message naming the key, no traceback, nothing left on disk). The fault-injection
-runs (``kill -9`` at random moments, resume each time) live in
-``tests/test_reliability_kills.py``.
+runs (``kill -9`` at random moments, resume each time) are at the end (slow).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from unified_ode.errors import UserError
 TRAIN_BAD = [  # (override(s), words the message must contain)
     (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "integer"]),
     (["trainer.max_steps=0"], ["trainer.max_steps=0", ">= 1"]),
+    (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "never end"]),
     (["dataset.batch_size=0"], ["dataset.batch_size=0", ">= 1"]),
     (["optim.lr=-1"], ["optim.lr=-1", "> 0"]),
     (["optim.lr=abc"], ["optim.lr='abc'", "number"]),

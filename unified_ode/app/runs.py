@@ -221,7 +221,9 @@ def trim_log_for_resume(metrics_csv: str | Path, step: int) -> int:
     ``epoch`` value, which Lightning adds to what ``LightningModule.log`` sends; the loss
     logged at ``step`` belongs to the step after the checkpoint). Rows that callbacks logged at
     ``step`` (evaluations made before that checkpoint was saved) stay. The file is rewritten
-    atomically (temporary file, then ``os.replace``). Returns the number of rows dropped."""
+    atomically (temporary file, then ``os.replace``). ``step=-1`` (a fresh start in a
+    directory whose earlier start died before its first checkpoint) drops every row. Returns
+    the number of rows dropped."""
     import csv
     import os
 

@@ -193,6 +193,9 @@ def validate(cfg: DictConfig, schemas) -> dict:
         values.update(check_section(cfg, path, schema))
     _check_range(values, "physics.t_min", "physics.t_max")
     _check_range(values, "solver.t_min", "solver.t_max")
+    if values.get("trainer.max_steps") == -1 and values.get("trainer.max_epochs", 0) == -1:
+        raise UserError("trainer.max_steps=-1 and trainer.max_epochs=-1: training would never "
+                        "end. Set trainer.max_steps=<steps> (or trainer.max_epochs=<epochs>).")
     return values
 
 

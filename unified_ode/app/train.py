@@ -72,8 +72,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg),
                           logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:
-        if resume_step is not None and cfg.get("resume") and isinstance(logger, CSVLogger):
-            trim_log_for_resume(Path(logger.log_dir) / "metrics.csv", resume_step)
+        if isinstance(logger, CSVLogger):  # rows of a killed start that this one writes again
+            start_step = -1 if resume_step is None else resume_step
+            dropped = trim_log_for_resume(Path(logger.log_dir) / "metrics.csv", start_step)
+            if dropped:
+                print(f"metrics.csv: {dropped} rows after step {max(start_step, 0)} of an "
+                      "interrupted start removed (they are logged again)")
         logger.log_hyperparams(resolved)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
