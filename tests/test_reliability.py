@@ -207,7 +207,7 @@ def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
     assert codes == [0, 2], [o[1][-1500:] for o in outs]
     refused = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
     assert "is in use by process" in refused and "Traceback" not in refused
-    assert sorted(p.name for p in shared.iterdir()) == [".run.lock", "0", "1"]
+    assert sorted(p.name for p in shared.iterdir()) == [".run.lock", "0", "1", "multirun.yaml"]
 
 
 def test_unused_directories_are_discarded_and_used_ones_kept(tmp_path):
