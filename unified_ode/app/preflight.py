@@ -149,7 +149,9 @@ def preflight(config_name: str, argv: list[str], validate) -> list[str]:
                             "out_dir=<a new directory>.")
     if config_name != "train" or cfg is None:
         return argv
-    multirun = bool(flags.get("-m") or flags.get("--multirun"))
+    mode = OmegaConf.select(cfg, "hydra.mode")  # a config may ask for a multirun itself
+    multirun = bool(flags.get("-m") or flags.get("--multirun")) or (
+        mode is not None and str(getattr(mode, "name", mode)) == "MULTIRUN")
     return claim_for_command(cfg, argv, overrides, multirun)
 
 
