@@ -227,6 +227,34 @@ def test_unused_directories_are_discarded_and_used_ones_kept(tmp_path):
     assert (used / "checkpoints" / "last.ckpt").exists() and (used / "train.log").exists()
 
 
+def test_resume_trims_the_log_rows_it_writes_again(tmp_path):
+    """Resumed from a checkpoint at step 4: training rows from step 4 on and every later row go
+    (they are logged again); the evaluation logged at step 4 before that checkpoint stays."""
+    from unified_ode.app.runs import trim_log_for_resume
+
+    log = tmp_path / "metrics.csv"
+    rows = ["epoch,step,sw@64,train/loss"] + [f"0,{s},,0.{s}" for s in range(7)]
+    rows.insert(5, ",4,0.25,")  # sw@64 after 4 steps (a callback's row: no epoch)
+    rows.append(",6,0.5,")
+    log.write_text("\n".join(rows) + "\n")
+    assert trim_log_for_resume(log, 4) == 4
+    kept = log.read_text().splitlines()
+    assert kept == ["epoch,step,sw@64,train/loss"] + [f"0,{s},,0.{s}" for s in range(4)] + [
+        ",4,0.25,"]
+    assert trim_log_for_resume(log, 4) == 0
+    assert trim_log_for_resume(log, -1) == 5 and log.read_text().strip() == kept[0]
+
+
+def test_a_config_that_is_a_multirun_claims_a_sweep_directory(tmp_path, monkeypatch):
+    from unified_ode.app.preflight import preflight
+    from unified_ode.app.schema import validate_train
+
+    monkeypatch.chdir(tmp_path)
+    argv = preflight("train", ["train.py", "hparams_search=optuna"], validate_train)
+    assert argv[-1].startswith("hydra.sweep.dir=multirun/")
+    assert [p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")] == ["multirun"] * 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Safe loading: crafted checkpoint, CIFAR-10 batch, run config
 # ---------------------------------------------------------------------------------------------
