@@ -11,23 +11,21 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unified_ode.objectives import (
-    DenoiserObjective,
-    PFGMNormalisedObjective,
-    VelocityObjective,
-)
-
-#: The objectives by their ``objective=`` name.
-OBJECTIVES = {c.name: c for c in (DenoiserObjective, VelocityObjective, PFGMNormalisedObjective)}
-#: Legacy ``physics.objective`` values that are not today's names.
-RENAMED = {"pfgm": PFGMNormalisedObjective.name}
-
-
 def _objective_class(legacy: str):
-    name = RENAMED.get(legacy, legacy)
-    if name not in OBJECTIVES:
+    """Today's objective class of a legacy ``physics.objective`` value (imported lazily: the
+    command-line checks that read run configs run before torch is imported)."""
+    from unified_ode.objectives import (
+        DenoiserObjective,
+        PFGMNormalisedObjective,
+        VelocityObjective,
+    )
+
+    objectives = {c.name: c for c in (DenoiserObjective, VelocityObjective,
+                                      PFGMNormalisedObjective)}
+    name = PFGMNormalisedObjective.name if legacy == "pfgm" else legacy
+    if name not in objectives:
         raise ValueError(f"unknown legacy physics.objective={legacy!r}")
-    return OBJECTIVES[name]
+    return objectives[name]
 
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
@@ -42,10 +40,11 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     if "objective" in cfg or physics is None or "objective" not in physics:
         return cfg
     with open_dict(cfg):
-        cls = _objective_class(str(cfg.physics.pop("objective")))
+        legacy = str(cfg.physics.pop("objective"))
+        cls = _objective_class(legacy)
         pfgm = cfg.physics.pop("pfgm", None)
         objective = {"_target_": f"{cls.__module__}.{cls.__name__}"}
-        if cls is PFGMNormalisedObjective and pfgm is not None:
+        if legacy == "pfgm" and pfgm is not None:  # PFGM's settings moved with it
             objective.update(OmegaConf.to_container(pfgm))
         cfg.objective = objective
     return cfg

@@ -57,7 +57,7 @@ def model_config(cfg: DictConfig, user_overrides: list[str]) -> DictConfig:
     """
     if not cfg.run:
         return cfg
-    saved, train_overrides = load_run_config(cfg.run)
+    saved, train_overrides = load_run_config(cfg.run, trust=bool(cfg.get("trust_run_config")))
     touched = [o for o in user_overrides if _override_root(o) in MODEL_GROUPS]
     missing = [g for g in MODEL_GROUPS if g not in saved]
     if missing:

@@ -14,70 +14,48 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from unified_ode.app.build import build_callbacks, build_loggers, build_module, is_exact
-from unified_ode.app.runs import LAST_CKPT
+from unified_ode.app.runs import (
+    RESOLVED_CONFIG,
+    claim_run_dir,
+    discard_unused_run_dir,
+    read_checkpoint,
+    release_run_dir,
+    resume_checkpoint,
+    trim_log_for_resume,
+)
+from unified_ode.app.schema import validate_train
 from unified_ode.errors import UserError
-
-RESOLVED_CONFIG = "config_resolved.yaml"
-#: Config sections that define the model and its training; a resume must not change them.
-RESUME_MUST_MATCH = ("physics", "network", "dataset", "optim", "lr_warmup_steps", "seed")
-
-
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from (or None), after the run-directory guard."""
-    last = run_dir / LAST_CKPT
-    if bool(cfg.get("resume", False)):
-        if not last.is_file():
-            raise UserError(f"resume=true but {last} does not exist. Resume a run directory "
-                            "that holds checkpoints/last.ckpt (hydra.run.dir=<that dir>), or "
-                            "drop resume=true to start a new run.")
-        _check_same_config(cfg, run_dir)
-        return last
-    if last.exists():
-        raise UserError(f"{run_dir} already holds a checkpoint ({LAST_CKPT}); refusing to "
-                        "overwrite it. Continue it with resume=true, start a new run (the "
-                        "default run dir is time-stamped) or pass hydra.run.dir=<a new "
-                        "directory>.")
-    if cfg.get("ckpt_path"):
-        path = Path(str(cfg.ckpt_path))
-        if not path.is_file():
-            raise UserError(f"ckpt_path={str(path)!r} does not exist.")
-        return path
-    return None
-
-
-def _check_same_config(cfg: DictConfig, run_dir: Path) -> None:
-    saved_path = run_dir / RESOLVED_CONFIG
-    if not saved_path.is_file():
-        return
-    saved = OmegaConf.load(saved_path)
-    now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    diffs = [key for key in RESUME_MUST_MATCH if not _config_equal(saved.get(key),
-                                                                   now.get(key))]
-    if diffs:
-        raise UserError(f"resume=true: this command's {', '.join(diffs)} config differs from "
-                        f"the run's ({saved_path}). Repeat the run's original overrides (see "
-                        f"{saved_path}); only trainer, logger and callbacks settings may "
-                        "change on resume.")
-
-
-def _config_equal(a, b) -> bool:
-    def plain(x):
-        return OmegaConf.to_container(x) if isinstance(x, DictConfig) else x
-
-    return plain(a) == plain(b)
 
 
 def run_training(cfg: DictConfig) -> dict:
     """Train as ``cfg`` says; returns a summary dict (run dir, steps, seconds, metrics,
     ``objective``: the primary sample metric's last value, or None)."""
+    validate_train(cfg)
     run_dir = Path(cfg.run_dir)
     if is_exact(cfg):
         raise UserError("network=exact is the exact field of the data: it needs no training. "
                         "Sample it with: python sample.py network=exact physics=... dataset=...")
-    ckpt_path = _resume_checkpoint(cfg, run_dir)
+    claim_run_dir(run_dir)  # refused while another process trains in run_dir
+    done = False
+    try:
+        summary = _train(cfg, run_dir)
+        done = True
+        return summary
+    finally:
+        release_run_dir(run_dir)
+        if not done:
+            discard_unused_run_dir(run_dir)  # a failed start leaves no half-made directory
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    ckpt_path = resume_checkpoint(run_dir, cfg)
+    resume_step = None
+    if ckpt_path is not None:  # a clear error for a file that is not a safe checkpoint
+        resume_step = int(read_checkpoint(ckpt_path).get("global_step", 0))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module, datamodule = build_module(cfg)
     if cfg.get("compile", False):
@@ -95,6 +73,12 @@ def run_training(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg),
                           logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):  # rows of a killed start that this one writes again
+            start_step = -1 if resume_step is None else resume_step
+            dropped = trim_log_for_resume(Path(logger.log_dir) / "metrics.csv", start_step)
+            if dropped:
+                print(f"metrics.csv: {dropped} rows after step {max(start_step, 0)} of an "
+                      "interrupted start removed (they are logged again)")
         logger.log_hyperparams(resolved)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)

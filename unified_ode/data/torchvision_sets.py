@@ -9,10 +9,11 @@ checksums). Without it the files must already be in ``root``; when they are not,
   labels-idx1}-ubyte`` (torchvision checks only that the four files exist).
 * CIFAR-10: the python pickles ``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch,
   batches.meta}``, each batch a dict with ``data`` (``(N, 3072)`` uint8, channel-major
-  32×32 planes) and ``labels``. They are parsed here (``pickle`` with ``latin1`` encoding, as
-  torchvision does; only open files you trust); ``verify_checksums=true`` additionally checks
-  the files against torchvision's published MD5 sums (a copy of the official files passes,
-  anything else fails).
+  32×32 planes) and ``labels``. They are parsed here with a restricted unpickler
+  (:class:`CifarUnpickler`: ``latin1`` encoding as torchvision uses, and only the NumPy array
+  constructors those files name; a crafted file naming any other callable is refused before
+  anything is called); ``verify_checksums=true`` additionally checks the files against
+  torchvision's published MD5 sums (a copy of the official files passes, anything else fails).
 """
 
 from __future__ import annotations
@@ -120,10 +121,39 @@ class FashionMNISTDataModule(_MNISTLike):
     dataset_key = "fashion_mnist"
 
 
+#: The only globals a CIFAR-10 python batch refers to (NumPy's array and dtype
+#: reconstruction; ``_codecs.encode`` for byte strings pickled by Python 3, protocol 2).
+CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain containers, numbers, strings, bytes and NumPy arrays; any other global
+    (a class or function a crafted file names, e.g. ``os.system``) is an
+    ``UnpicklingError`` before it is looked up, so nothing in the file runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}, which a CIFAR-10 batch never holds (only "
+                "NumPy arrays, lists, dicts, numbers, strings and bytes); refused unread")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path) -> np.ndarray:
-    """One CIFAR-10 python batch -> ``(N, 3, 32, 32)`` uint8."""
+    """One CIFAR-10 python batch -> ``(N, 3, 32, 32)`` uint8, read with
+    :class:`CifarUnpickler`."""
     with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+        try:
+            entry = CifarUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as exc:
+            raise UserError(f"{path} is not a CIFAR-10 python batch: {exc}. Replace it with "
+                            "the file from the official cifar-10-python.tar.gz.") from None
+    if isinstance(entry, dict):  # keys are str (latin1) or bytes, by the pickling Python
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
     data = np.asarray(entry["data"] if isinstance(entry, dict) else None)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise UserError(f"{path} is not a CIFAR-10 python batch: expected 'data' of uint8 "
