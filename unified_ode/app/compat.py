@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+
 def _objective_class(legacy: str):
     """Today's objective class of a legacy ``physics.objective`` value (imported lazily: the
     command-line checks that read run configs run before torch is imported)."""
