@@ -24,8 +24,8 @@ from unified_ode.physics import (
     VEField,
     VPField,
 )
-from unified_ode.physics.validator import kernel_radius_cdf, kernel_radius_ks
 from unified_ode.physics.radial_general import mixture_log_survival
+from unified_ode.physics.validator import kernel_radius_cdf, kernel_radius_ks
 from unified_ode.solvers import Heun
 
 N_KS = 8000

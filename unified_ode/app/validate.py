@@ -27,8 +27,9 @@ USAGE = f"""usage: {PROG} physics=<name> [dim=<d>] [seed=<s>] [physics.<key>=<va
 
 Checks numerically that a force field is a valid Green's field (THEORY.md §2), that its
 samplers match its log-densities, and that the drift sampling integrates (from the exact
-denoiser of a small data set) is the exact velocity. Exit status 0 if every check passes, 1 if any fails,
-2 for bad input. Fields: {{fields}}. Your own: hydra.searchpath=[file:///abs/conf] physics=<yours>
+denoiser of a small data set) is the exact velocity. Exit status 0 if every check passes,
+1 if any fails, 2 for bad input. Fields: {{fields}}.
+Your own: hydra.searchpath=[file:///abs/conf] physics=<yours>
 """
 REQUIRED = ("sample_kernel", "kernel_log_prob", "conditional_velocity", "sample_prior",
             "prior_log_prob", "t_min", "t_max")
