@@ -31,8 +31,8 @@ denoiser of a small data set) is the exact velocity. Exit status 0 if every chec
 1 if any fails, 2 for bad input. Fields: {{fields}}.
 Your own: hydra.searchpath=[file:///abs/conf] physics=<yours>
 """
-REQUIRED = ("sample_kernel", "kernel_log_prob", "conditional_velocity", "sample_prior",
-            "prior_log_prob", "t_min", "t_max")
+REQUIRED = ("sample_kernel", "kernel_log_prob", "pairwise_kernel_log_prob",
+            "conditional_velocity", "sample_prior", "prior_log_prob", "t_min", "t_max")
 
 
 class BadInput(Exception):
