@@ -15,8 +15,8 @@ gradients all point at), with the radius law ``F`` integrated from the log-densi
 * **centre**: a sign test that the draws are centred on ``m`` (``P(u·(x − m) > 0) = 1/2`` for
   two directions ``u``; critical value ``3.29·0.5/sqrt(n)``), which sees a wrong ``a(t)·y``.
 
-Otherwise sample projections on two directions are KS-tested against the importance-weighted
-log-density (critical value ``1.95·sqrt(1/n + 1/n_eff)``).
+Otherwise the projections of (the first 8000) draws on two directions are KS-tested against the
+importance-weighted log-density (critical value ``1.95·sqrt(1/n + 1/n_eff)``).
 
 Two laws get a large sample, ``n_big = min(2^21, 2^23/d)`` draws: the kernel at ``y = 0`` at
 the middle time and the prior; the others ``n = 8000``. Every statistic is divided by its 0.1 %
