@@ -25,8 +25,8 @@ from unified_ode.physics import (
     VEField,
     VPField,
 )
-from unified_ode.physics.checks import kernel_radius_ks, radius_cdf
 from unified_ode.physics.radial_general import mixture_log_survival
+from unified_ode.physics.validator import kernel_radius_cdf, kernel_radius_ks
 from unified_ode.solvers import Heun
 
 N_KS = 8000
@@ -168,10 +168,10 @@ def test_pfgmpp_approaches_ve_as_D_grows():
     kernel log-densities, d = 8, t = 1) shrinks monotonically over D = 8, 128, 2048, 1e5, and at
     D = 1e5 the pfgmpp sampler passes a KS test against the ve radius law."""
     d, t = 8, 1.0
-    r, ve_cdf = radius_cdf(VEField(), t, d)
+    r, ve_cdf = kernel_radius_cdf(VEField(), t, d)
     gaps = []
     for D in (8, 128, 2048, 1e5):
-        _, cdf = radius_cdf(PFGMPPField(D=D), t, d)
+        _, cdf = kernel_radius_cdf(PFGMPPField(D=D), t, d)
         gaps.append(float((cdf - ve_cdf).abs().max()))
     assert all(b < a for a, b in zip(gaps, gaps[1:])), gaps
     assert gaps[0] > 0.02 and gaps[-1] < 1e-4, gaps

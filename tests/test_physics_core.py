@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unified_ode.physics import ExactPosterior, PoissonField, VEField
-from unified_ode.physics.checks import interp, kernel_radius_ks, radius_cdf
+from unified_ode.physics.validator import interp, kernel_radius_cdf, kernel_radius_ks
 from unified_ode.solvers import Euler, Heun
 
 FIELDS = {"poisson": PoissonField, "ve": VEField}
@@ -56,7 +56,7 @@ def test_poisson_radius_is_beta_prime():
     from scipy import stats
 
     d, t = 5, 2.0
-    r, cdf = radius_cdf(PoissonField(), t, d)
+    r, cdf = kernel_radius_cdf(PoissonField(), t, d)
     probe = torch.tensor([0.5, 1.0, 3.0, 10.0, 100.0], dtype=torch.float64)
     ours = interp(probe, r, cdf)
     b = (probe / t) ** 2 / (1 + (probe / t) ** 2)

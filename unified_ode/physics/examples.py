@@ -7,8 +7,8 @@ Coulomb field, ``exponent_offset = 0``) is divergence-free:
     ∂_t G_t + ∇_x·G_x = (d + 1 − k) / R^k,
 
 and its flux through the plane at height ``t`` is ``t^(d+1−k)``, so for ``k ≠ d + 1`` the
-"kernel" ``G_t`` is a probability density at ``t = 1`` only. ``python -m unified_ode.validate
-physics=invalid_power_law`` must reject it (exit status 1); with
+"kernel" ``G_t`` is a probability density at ``t = 1`` only. ``python -m
+unified_ode.app.validate physics=invalid_power_law`` must reject it (exit status 1); with
 ``physics.exponent_offset=0`` it is PFGM and passes.
 
 Everything a generative model needs is still defined, so the field can be trained and sampled
