@@ -71,8 +71,11 @@ def check_pairwise_log_prob(field, d: int, *, seed: int = 0, m: int = 16, n: int
 
 
 def has_denoiser_form(field, d: int) -> bool:
-    """Whether ``field.drift_from_denoiser`` exists and does not raise
+    """Whether the field says it has a denoiser form (``Field.has_denoiser_form``), or, for a
+    class that does not say, whether ``drift_from_denoiser`` exists and does not raise
     :class:`NotImplementedError` on a probe state."""
+    if isinstance(getattr(field, "has_denoiser_form", None), bool):
+        return field.has_denoiser_form
     method = getattr(field, "drift_from_denoiser", None)
     if method is None:
         return False
@@ -91,8 +94,8 @@ def check_exact_drift(field, d: int, *, seed: int = 0, m: int = 16, n: int = 256
     ``w``. Residual: ``max ||drift − Σ w v|| / Σ w_i ||v_i||`` over ``n`` states."""
     name = "denoiser drift = exact velocity"
     if not has_denoiser_form(field, d):
-        return CheckResult.not_applicable(name, tol, "no denoiser form (drift_from_denoiser "
-                                          "raises NotImplementedError): velocity objective only")
+        return CheckResult.not_applicable(name, tol, "no denoiser form: objective=velocity "
+                                          "only")
     data, x, t = _states(field, d, m, n, seed, 6)
     logits = field.pairwise_kernel_log_prob(x, data, t).to(data.dtype)
     w = torch.softmax(logits, dim=1)  # (n, m)
