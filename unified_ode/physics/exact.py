@@ -5,18 +5,61 @@ For data ``{y_i}`` the posterior ``p(y_i | x, t)`` is the softmax over ``i`` of
 ``f(x, t) = sum_i w_i v(x, t | y_i)`` need no training. Integrating this ODE from the prior
 lands on the data points: it is the ground truth for kernels, priors and solvers.
 
-Memory is bounded: queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
-time with an online (streaming) log-sum-exp, so ``N`` queries against ``M`` data points in ``d``
-dimensions never hold more than ``query_chunk × data_chunk`` logits (and, for the velocity form
-of non-affine fields, ``query_chunk × data_chunk × d`` velocities).
+Cost and memory. Queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
+time with an online log-sum-exp (:class:`~unified_ode.physics.posterior.StreamingSoftmax`).
+For isotropic affine fields the logits come from squared distances by one matrix product
+(``||x||² − 2x·y + ||y||²``) and the posterior mean by a second, so a call costs about two
+``N × M × d`` matrix products; memory is the data (one copy, in the compute dtype) plus
+``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
+average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
+
+Precision. The matrix-product distances have an absolute error of about
+``eps·(||x||² + ||y||²)``, which near ``t_min`` can be comparable to the tiny distances that
+decide the posterior when the data are dense in few dimensions. ``dtype="auto"`` therefore
+computes in float64 below :data:`AUTO_FLOAT32_MIN_DIM` dimensions and in float32 from there
+on (measured: see docs/exact.md and tests/test_exact.py, drift within 1e-5 of a float64
+reference from ``t_min`` to ``t_max``).
+
+Truncation. ``top_k=k`` keeps only the ``k`` points of largest kernel log-density per query
+(all logits are still computed, the weighted sums only over the ``k``); the posterior mass it
+neglects is measured per call and bounded (:attr:`ExactPosterior.max_neglected_mass`).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from unified_ode.physics.base import Field
+from unified_ode.physics.base import AffineField, Field
+from unified_ode.physics.posterior import StreamingSoftmax
+
+#: Below this many dimensions ``dtype="auto"`` computes in float64 (matrix-product distances in
+#: float32 lose the smallest distances of dense low-dimensional data; measured in the tests).
+AUTO_FLOAT32_MIN_DIM = 32
+#: Most pairwise values (pairs × dimensions) held at once by the non-affine velocity average
+#: and by the top-k gather.
+PAIR_BUDGET = 1 << 22
+#: Rounding allowance, in units of the dtype's eps, added to the measured neglected mass to
+#: make it a bound on the true one (logits and sums carry a few eps of relative error).
+ROUNDING_EPS = 64
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype, dim: int) -> torch.dtype:
+    """The compute dtype: a ``torch.dtype``, ``"float32"``, ``"float64"``, or ``"auto"``/None
+    (float64 below :data:`AUTO_FLOAT32_MIN_DIM` dimensions, float32 from there on)."""
+    if dtype is None or dtype == "auto":
+        return torch.float64 if dim < AUTO_FLOAT32_MIN_DIM else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"network.dtype={dtype!r}: choose auto, float32 or float64")
+        return DTYPES[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"exact field dtype must be float32 or float64, got {dtype}")
+    return dtype
 
 
 class ExactPosterior(nn.Module):
@@ -27,78 +70,197 @@ class ExactPosterior(nn.Module):
     field:
         The force field whose kernel defines the posterior.
     data:
-        ``(M, *shape)`` data points (the finite data set).
+        ``(M, *shape)`` data points (the finite data set). Kept as given when already in the
+        compute dtype and contiguous (no copy), else converted once.
     query_chunk, data_chunk:
         Chunk sizes (rows of queries, rows of data) that bound memory.
     dtype:
-        Precision of the posterior computation (float64 by default: the posterior is sharpest,
-        and rounding matters most, near ``t_min``).
+        Compute precision: ``"auto"`` (default; see the module docstring), ``"float32"`` or
+        ``"float64"`` (or a ``torch.dtype``).
+    top_k:
+        ``None`` (every point) or ``k``: only the ``k`` points of largest kernel log-density
+        enter each query's posterior. Exact when ``k >= M``.
     """
 
     def __init__(self, field: Field, data: Tensor, *, query_chunk: int = 256,
-                 data_chunk: int = 2048, dtype: torch.dtype = torch.float64):
+                 data_chunk: int = 2048, dtype="auto", top_k: int | None = None):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
                              f"{tuple(data.shape)}")
+        if int(query_chunk) < 1 or int(data_chunk) < 1:
+            raise ValueError("network.query_chunk and network.data_chunk must be >= 1, got "
+                             f"{query_chunk} and {data_chunk}")
+        if top_k is not None and int(top_k) < 1:
+            raise ValueError(f"network.top_k must be a positive number of points or null "
+                             f"(all points), got {top_k}")
         self.field = field
-        self.register_buffer("data", data.detach().to(dtype), persistent=False)
+        self.dim = int(math.prod(data.shape[1:]))
+        self.dtype = resolve_dtype(dtype, self.dim)
+        self.register_buffer("data", data.detach().to(self.dtype).contiguous(),
+                             persistent=False)
         self.query_chunk = int(query_chunk)
         self.data_chunk = int(data_chunk)
-        self.dtype = dtype
+        self.top_k = None if top_k is None or int(top_k) >= data.shape[0] else int(top_k)
+        #: Largest posterior mass neglected by ``top_k`` over the queries of the last call and
+        #: over all calls since :meth:`reset_stats` (0-d tensors; 0 without truncation).
+        self.last_neglected_mass = torch.zeros(())
+        self.max_neglected_mass = torch.zeros(())
+        self._radius = None
 
     @property
     def prediction(self) -> str:
         return self.field.prediction
 
+    # --- the two posterior averages ------------------------------------------------------
+    @torch.no_grad()
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[y | x, t]``: ``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns the shape
+        and dtype of ``x``."""
+        return self._mean(x, t).to(x.dtype)
+
+    @torch.no_grad()
+    def posterior_velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[v(x, t | y) | x, t]``, the drift of the exact ODE: shape and dtype of ``x``.
+
+        Affine fields: ``v`` is linear in ``y``, so this is the field's drift at the posterior
+        mean (computed in the wider of the two dtypes). Other fields: the per-pair velocities
+        averaged under the posterior."""
+        if isinstance(self.field, AffineField):
+            mean = self._mean(x, t)
+            xw = x.to(mean.dtype)
+            tw = torch.as_tensor(t, dtype=mean.dtype, device=x.device).expand(x.shape[0])
+            return self.field.drift_from_denoiser(xw, tw, mean).to(x.dtype)
+        return self._stream(x, t, velocity=True).to(x.dtype)
+
     @torch.no_grad()
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns ``(N, *shape)`` in ``x``'s
-        dtype: ``E[y | x, t]`` (denoiser form) or ``E[v(x, t | y) | x, t]`` (velocity form)."""
-        out_dtype = x.dtype
-        x = x.to(self.dtype)
-        t = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(x.shape[0])
-        outs = [self._chunk(x[i:i + self.query_chunk], t[i:i + self.query_chunk])
-                for i in range(0, x.shape[0], self.query_chunk)]
-        out = torch.cat(outs)
-        if self.field.prediction not in ("denoiser", "velocity"):
-            # a field-specific kind (PFGM's normalised field): a function of the denoiser
-            out = self.field.prediction_from_denoiser(x, t, out)
-        return out.to(out_dtype)
+        """The prediction of kind ``field.prediction`` (denoiser, velocity or a field-specific
+        function of the denoiser); shape and dtype of ``x``."""
+        if self.field.prediction == "velocity":
+            return self.posterior_velocity(x, t)
+        mean = self._mean(x, t)
+        if self.field.prediction != "denoiser":
+            xw = x.to(mean.dtype)
+            tw = torch.as_tensor(t, dtype=mean.dtype, device=x.device).expand(x.shape[0])
+            mean = self.field.prediction_from_denoiser(xw, tw, mean)
+        return mean.to(x.dtype)
 
-    def _chunk(self, x: Tensor, t: Tensor) -> Tensor:
+    # --- truncation statistics -------------------------------------------------------------
+    def reset_stats(self) -> None:
+        """Zero :attr:`max_neglected_mass` (e.g. before a sampling run)."""
+        self.max_neglected_mass = torch.zeros(())
+
+    def neglected_mass_bound(self) -> float:
+        """Bound on the posterior mass ``top_k`` neglected at any query since
+        :meth:`reset_stats`: the measured mass plus a rounding allowance (0 without
+        truncation). The posterior mean is then within ``bound · diameter(data)`` of the
+        exact one (:meth:`mean_error_bound`)."""
+        if self.top_k is None:
+            return 0.0
+        slack = ROUNDING_EPS * torch.finfo(self.dtype).eps
+        return min(1.0, float(self.max_neglected_mass) + slack)
+
+    def mean_error_bound(self) -> float:
+        """Bound on ``||E_k[y] − E[y]||`` over the same queries: the neglected mass ``ε``
+        times the data's diameter (``E[y] = (1 − ε) E_k[y] + ε E_rest[y]``, both means in the
+        data's convex hull), bounded by twice the largest distance from the data mean."""
+        if self._radius is None:
+            flat = self.data.flatten(1)
+            centre = flat.mean(0, dtype=torch.float64).to(flat.dtype)
+            self._radius = max(float((flat[j:j + self.data_chunk] - centre).norm(dim=1).max())
+                               for j in range(0, flat.shape[0], self.data_chunk))
+        return self.neglected_mass_bound() * 2.0 * self._radius
+
+    def describe(self) -> dict:
+        """Facts for ``sample_info.json``: sizes, dtype, truncation and its measured bound."""
+        out = {"points": int(self.data.shape[0]), "dim": self.dim,
+               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k}
+        if self.top_k is not None:
+            out["max_neglected_mass_bound"] = self.neglected_mass_bound()
+            out["mean_error_bound"] = self.mean_error_bound()
+        return out
+
+    # --- the streaming loop ----------------------------------------------------------------
+    def _mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype."""
+        work = torch.promote_types(x.dtype, self.dtype)
+        return self._stream(x, t, velocity=False).to(work)
+
+    def _stream(self, x: Tensor, t: Tensor, *, velocity: bool) -> Tensor:
         n = x.shape[0]
-        running_max = torch.full((n,), -torch.inf, dtype=self.dtype, device=x.device)
-        denom = torch.zeros(n, dtype=self.dtype, device=x.device)
-        acc = torch.zeros_like(x)
-        velocity = self.field.prediction == "velocity"
-        for j in range(0, self.data.shape[0], self.data_chunk):
-            y = self.data[j:j + self.data_chunk]
-            logits = self.field.pairwise_kernel_log_prob(x, y, t)  # (n, m)
-            new_max = torch.maximum(running_max, logits.max(dim=1).values)
-            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            rescale = torch.exp(running_max - safe_max)
-            w = torch.exp(logits - safe_max[:, None])  # (n, m)
-            if velocity:
-                contrib = self._weighted_velocity(x, y, t, w)
-            else:
-                contrib = (w @ y.flatten(1)).view_as(x)
-            shape = (n, *([1] * (x.ndim - 1)))
-            acc = acc * rescale.view(shape) + contrib
-            denom = denom * rescale + w.sum(1)
-            running_max = new_max
-        if not torch.all(denom > 0):
+        xc = x.detach().to(self.dtype)
+        tc = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(n)
+        outs, masses, neglected = [], [], []
+        for i in range(0, n, self.query_chunk):
+            out, has_mass, lost = self._chunk(xc[i:i + self.query_chunk],
+                                              tc[i:i + self.query_chunk], velocity)
+            outs.append(out)
+            masses.append(has_mass)
+            neglected.append(lost)
+        # one host synchronisation per call, after the loop
+        if not bool(torch.cat(masses).all()):
             raise FloatingPointError(
                 "exact field: some queries have zero posterior mass under every data point "
                 "(the kernel has bounded support and no data point can reach them); "
                 "start from the field's prior or raise t")
-        return acc / denom.view(n, *([1] * (x.ndim - 1)))
+        self.last_neglected_mass = torch.cat(neglected).max().cpu()
+        self.max_neglected_mass = torch.maximum(self.max_neglected_mass,
+                                                self.last_neglected_mass)
+        return torch.cat(outs)
 
-    def _weighted_velocity(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+    def _chunk(self, x: Tensor, t: Tensor, velocity: bool):
+        """One query chunk: ``(average (n, *shape), has_mass (n,), neglected mass (n,))``."""
+        n = x.shape[0]
+        flat = self.data.flatten(1)
+        width = 0 if self.top_k is not None else self.dim
+        acc = StreamingSoftmax(n, width, top_k=self.top_k, dtype=self.dtype, device=x.device)
+        for j in range(0, flat.shape[0], self.data_chunk):
+            y = self.data[j:j + self.data_chunk]
+            logits = self.field.pairwise_posterior_logits(x, y, t).to(self.dtype)
+            if not width:
+                acc.update(logits)
+            elif velocity:
+                acc.update(logits, weighted_sum=lambda w, y=y: self._velocity_sum(x, y, t, w))
+            else:
+                acc.update(logits, flat[j:j + self.data_chunk])
+        if self.top_k is None:
+            return (acc.mean().view_as(x), acc.has_mass(),
+                    torch.zeros(n, dtype=self.dtype, device=x.device))
+        w = torch.softmax(acc.top_logits, dim=1)  # the posterior over the k nearest
+        index = acc.top_index
+        out = torch.zeros(n, self.dim, dtype=self.dtype, device=x.device)
+        step = max(1, PAIR_BUDGET // max(1, n * self.dim))
+        for c in range(0, index.shape[1], step):
+            idx = index[:, c:c + step]
+            y = self.data[idx.reshape(-1)].view(n, idx.shape[1], *x.shape[1:])
+            if velocity:
+                out += self._velocity_sum_paired(x, y, t, w[:, c:c + step])
+            else:
+                out += torch.einsum("nk,nkd->nd", w[:, c:c + step], y.flatten(2))
+        return out.view_as(x), acc.has_mass(), acc.neglected_mass()
+
+    def _velocity_sum(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+        """``Σ_j w_ij v(x_i, t_i | y_j)`` ``(n, d)`` over every pair of a data chunk, in
+        sub-chunks of at most :data:`PAIR_BUDGET` values."""
         n, m = w.shape
-        xe = x.unsqueeze(1).expand(n, m, *x.shape[1:]).reshape(n * m, *x.shape[1:])
-        ye = y.unsqueeze(0).expand(n, m, *y.shape[1:]).reshape(n * m, *y.shape[1:])
-        te = t.unsqueeze(1).expand(n, m).reshape(-1)
-        v = self.field.conditional_velocity(xe, ye, te).view(n, m, -1)
-        v = torch.nan_to_num(v) * (w > 0)[..., None]
-        return torch.einsum("nm,nmd->nd", w, v).view_as(x)
+        out = torch.zeros(n, self.dim, dtype=self.dtype, device=x.device)
+        step = max(1, PAIR_BUDGET // max(1, n * self.dim))
+        for c in range(0, m, step):
+            yc = y[c:c + step]
+            ye = yc.unsqueeze(0).expand(n, *yc.shape)
+            out += self._velocity_sum_paired(x, ye, t, w[:, c:c + step])
+        return out
+
+    def _velocity_sum_paired(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+        """``Σ_c w_ic v(x_i, t_i | y_ic)`` for ``y`` ``(n, c, *shape)`` and ``w`` ``(n, c)``.
+        Weights at the exp floor (pairs of zero kernel density) count as 0, so a velocity that
+        is not finite there (outside a bounded kernel) does not enter."""
+        n, c = w.shape
+        xe = x.unsqueeze(1).expand(n, c, *x.shape[1:]).reshape(n * c, *x.shape[1:])
+        te = t.unsqueeze(1).expand(n, c).reshape(-1)
+        v = self.field.conditional_velocity(xe, y.reshape(n * c, *x.shape[1:]), te)
+        v = v.to(self.dtype).view(n, c, -1)
+        live = w > 2.0 * torch.finfo(self.dtype).tiny * math.e
+        v = torch.where(live[..., None], torch.nan_to_num(v), torch.zeros_like(v))
+        return torch.einsum("nc,ncd->nd", w, v)

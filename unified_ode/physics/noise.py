@@ -85,9 +85,20 @@ class NoiseLaw:
             raise NotImplementedError
         return self.log_prob_sqnorm(eps.flatten(1).pow(2).sum(1), event_dim(eps))
 
-    def log_prob_sqnorm(self, sqnorm: Tensor, dim: int) -> Tensor:
-        """Log-density at any point with ``||eps||^2 = sqnorm`` in ``R^dim`` (isotropic laws)."""
+    def log_prob_sqnorm(self, sqnorm: Tensor, dim: int, *, inplace: bool = False) -> Tensor:
+        """Log-density at any point with ``||eps||^2 = sqnorm`` in ``R^dim`` (isotropic laws),
+        elementwise, same shape. ``inplace=True`` lets the law overwrite ``sqnorm`` with the
+        result (the exact field's ``(N, M)`` chunks: no new allocation)."""
         raise NotImplementedError(f"{type(self).__name__} is not isotropic")
+
+    def log_prob_sqnorm_shift(self, delta: Tensor, base: Tensor, dim: int, *,
+                              inplace: bool = False) -> Tensor:
+        """``log q(base + delta) − log q(base)`` for squared norms ``base`` ``(N, 1)`` (or
+        broadcastable) and ``delta`` ``(N, M)``, with ``base + delta >= 0``: a log-density
+        relative to a per-row reference, never formed as the difference of two large numbers
+        (the exact field's logits in float32). ``inplace=True`` may overwrite ``delta``."""
+        sq = (base + delta).clamp_min_(0.0)
+        return self.log_prob_sqnorm(sq, dim, inplace=True).sub_(self.log_prob_sqnorm(base, dim))
 
     def mixture_precisions(self) -> Tensor | None:
         """For a Gaussian scale mixture ``eps = g / sqrt(w)`` (g ~ N(0, I)): a fixed, quasi-random
@@ -119,8 +130,14 @@ class GaussianNoise(NoiseLaw):
     def sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    def log_prob_sqnorm(self, sqnorm, dim):
-        return -0.5 * dim * math.log(2 * math.pi) - 0.5 * sqnorm
+    def log_prob_sqnorm(self, sqnorm, dim, *, inplace=False):
+        const = -0.5 * dim * math.log(2 * math.pi)
+        if inplace:
+            return sqnorm.mul_(-0.5).add_(const)
+        return const - 0.5 * sqnorm
+
+    def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
+        return delta.mul_(-0.5) if inplace else -0.5 * delta
 
     def describe(self):
         return "N(0, I)"
@@ -152,11 +169,20 @@ class StudentTNoise(NoiseLaw):
         scale = torch.sqrt(self.dof / chi2).to(dtype)
         return g * scale.view(shape[0], *([1] * (len(shape) - 1)))
 
-    def log_prob_sqnorm(self, sqnorm, dim):
+    def log_prob_sqnorm(self, sqnorm, dim, *, inplace=False):
         nu = self.dof
         const = (math.lgamma((nu + dim) / 2) - math.lgamma(nu / 2)
                  - 0.5 * dim * math.log(nu * math.pi))
+        if inplace:
+            return sqnorm.div_(nu).log1p_().mul_(-0.5 * (nu + dim)).add_(const)
         return const - 0.5 * (nu + dim) * torch.log1p(sqnorm / nu)
+
+    def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
+        # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1
+        denom = base + self.dof
+        ratio = delta.div_(denom) if inplace else delta / denom
+        ratio = torch.maximum(ratio, -base / denom)
+        return ratio.log1p_().mul_(-0.5 * (self.dof + dim))
 
     def mixture_precisions(self):
         # eps = g / sqrt(w), w = chi2_dof / dof: a Gaussian scale mixture. A fixed draw (seeded)
@@ -376,7 +402,8 @@ class RadialProfileNoise(NoiseLaw):
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         return self.profile.inverse(u).to(dtype)
 
-    def log_prob_sqnorm(self, sqnorm, dim):
+    def log_prob_sqnorm(self, sqnorm, dim, *, inplace=False):
+        # the profile's log-density is a user function: computed out of place
         tiny = torch.finfo(sqnorm.dtype).tiny
         r = sqnorm.clamp_min(tiny).sqrt()
         return self.profile.log_density(r) - log_sphere_area(dim) - (dim - 1) * torch.log(r)
