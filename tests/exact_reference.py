@@ -44,10 +44,17 @@ def reference_drift(field, x, data, t):
     if isinstance(field, AffineField):
         mean = (w @ data.flatten(1)).view_as(x)
         return field.drift_from_denoiser(x, t, mean)
-    out = torch.zeros(x.shape[0], math.prod(x.shape[1:]), dtype=torch.float64)
-    for j in range(data.shape[0]):
-        v = field.conditional_velocity(x, data[j].expand_as(x), t).flatten(1)
-        out += w[:, j:j + 1] * torch.nan_to_num(v)
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    out = torch.zeros(n, d, dtype=torch.float64)
+    step = max(1, (1 << 22) // (n * d))
+    for j in range(0, data.shape[0], step):
+        y = data[j:j + step]
+        m = y.shape[0]
+        xe = x.unsqueeze(1).expand(n, m, *x.shape[1:]).reshape(n * m, *x.shape[1:])
+        ye = y.unsqueeze(0).expand(n, m, *y.shape[1:]).reshape(n * m, *y.shape[1:])
+        te = t.unsqueeze(1).expand(n, m).reshape(-1)
+        v = torch.nan_to_num(field.conditional_velocity(xe, ye, te)).view(n, m, d)
+        out += torch.einsum("nm,nmd->nd", w[:, j:j + step], v)
     return out.view_as(x)
 
 

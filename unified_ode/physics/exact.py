@@ -35,8 +35,14 @@ from torch import Tensor, nn
 from unified_ode.physics.base import AffineField, Field
 from unified_ode.physics.posterior import StreamingSoftmax
 
-#: Below this many dimensions ``dtype="auto"`` computes in float64 (matrix-product distances in
-#: float32 lose the smallest distances of dense low-dimensional data; measured in the tests).
+#: Up to this many dimensions, isotropic affine fields take the direct-difference path: the
+#: differences ``x − a y`` per coordinate (as cheap as a matrix product of inner size ``d``),
+#: exact squared distances, and the posterior residual ``E[x − a y]`` summed pair by pair, so
+#: float32 keeps full relative precision even at ``t_min`` on dense data.
+DIRECT_MAX_DIM = 8
+#: Between :data:`DIRECT_MAX_DIM` and this many dimensions ``dtype="auto"`` computes in float64
+#: (float32 matrix-product distances lose the smallest distances of dense low-dimensional
+#: data); from here on, and on the direct path, in float32 (measured in tests/test_exact.py).
 AUTO_FLOAT32_MIN_DIM = 32
 #: Most pairwise values (pairs × dimensions) held at once by the non-affine velocity average
 #: and by the top-k gather.
@@ -48,11 +54,16 @@ ROUNDING_EPS = 64
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def resolve_dtype(dtype, dim: int) -> torch.dtype:
-    """The compute dtype: a ``torch.dtype``, ``"float32"``, ``"float64"``, or ``"auto"``/None
-    (float64 below :data:`AUTO_FLOAT32_MIN_DIM` dimensions, float32 from there on)."""
+def resolve_dtype(dtype, dim: int, direct: bool = False, unit_a: bool = True) -> torch.dtype:
+    """The compute dtype: a ``torch.dtype``, ``"float32"``, ``"float64"``, or ``"auto"``/None:
+    float32 from :data:`AUTO_FLOAT32_MIN_DIM` dimensions on, and on the direct path of fields
+    with ``a(t) = 1`` (``x − y`` of float32 numbers is exact when they are close); float64
+    otherwise (the rounding of ``a·y`` is comparable to ``x − a y`` near ``t_min``, and
+    ``E[y] = (x − E[x − a y])/a`` amplifies it where ``a`` is small)."""
     if dtype is None or dtype == "auto":
-        return torch.float64 if dim < AUTO_FLOAT32_MIN_DIM else torch.float32
+        if dim >= AUTO_FLOAT32_MIN_DIM or (direct and unit_a):
+            return torch.float32
+        return torch.float64
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"network.dtype={dtype!r}: choose auto, float32 or float64")
@@ -96,7 +107,13 @@ class ExactPosterior(nn.Module):
                              f"(all points), got {top_k}")
         self.field = field
         self.dim = int(math.prod(data.shape[1:]))
-        self.dtype = resolve_dtype(dtype, self.dim)
+        #: direct-difference path (see :data:`DIRECT_MAX_DIM`)
+        self.direct = (isinstance(field, AffineField) and field.noise.isotropic
+                       and self.dim <= DIRECT_MAX_DIM
+                       and type(field).pairwise_kernel_log_prob
+                       is AffineField.pairwise_kernel_log_prob)
+        self.unit_a = isinstance(field, AffineField) and type(field).a is AffineField.a
+        self.dtype = resolve_dtype(dtype, self.dim, self.direct, self.unit_a)
         self.register_buffer("data", data.detach().to(self.dtype).contiguous(),
                              persistent=False)
         self.query_chunk = int(query_chunk)
@@ -107,6 +124,7 @@ class ExactPosterior(nn.Module):
         self.last_neglected_mass = torch.zeros(())
         self.max_neglected_mass = torch.zeros(())
         self._radius = None
+        self._data_mean = None
 
     @property
     def prediction(self) -> str:
@@ -183,9 +201,19 @@ class ExactPosterior(nn.Module):
 
     # --- the streaming loop ----------------------------------------------------------------
     def _mean(self, x: Tensor, t: Tensor) -> Tensor:
-        """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype."""
-        work = torch.promote_types(x.dtype, self.dtype)
-        return self._stream(x, t, velocity=False).to(work)
+        """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype (float64 on the direct
+        path, where it is formed from the accurate residual ``E[x − a y]``)."""
+        out = self._stream(x, t, velocity=False)
+        if not self.direct:
+            return out.to(torch.promote_types(x.dtype, self.dtype))
+        # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
+        x64 = x.detach().to(torch.float64)
+        a = self.field.a(torch.as_tensor(t, dtype=torch.float64, device=x.device)
+                         .expand(x.shape[0])).view(-1, *([1] * (x.ndim - 1)))
+        if self._data_mean is None:
+            self._data_mean = self.data.mean(0, dtype=torch.float64)
+        safe = torch.where(a != 0, a, torch.ones_like(a))
+        return torch.where(a != 0, (x64 - out.to(torch.float64)) / safe, self._data_mean)
 
     def _stream(self, x: Tensor, t: Tensor, *, velocity: bool) -> Tensor:
         n = x.shape[0]
@@ -201,21 +229,40 @@ class ExactPosterior(nn.Module):
         # one host synchronisation per call, after the loop
         if not bool(torch.cat(masses).all()):
             raise FloatingPointError(
-                "exact field: some queries have zero posterior mass under every data point "
-                "(the kernel has bounded support and no data point can reach them); "
-                "start from the field's prior or raise t")
-        self.last_neglected_mass = torch.cat(neglected).max().cpu()
-        self.max_neglected_mass = torch.maximum(self.max_neglected_mass,
+                "exact field: some queries have no posterior: their kernel log-density is -inf "
+                "under every data point (a kernel of bounded support that no data point "
+                "reaches: start from the field's prior or raise t) or NaN (non-finite states: "
+                "the solver diverged; try more steps)")
+        self.last_neglected_mass = torch.cat(neglected).max()
+        self.max_neglected_mass = torch.maximum(self.max_neglected_mass.to(x.device),
                                                 self.last_neglected_mass)
         return torch.cat(outs)
 
     def _chunk(self, x: Tensor, t: Tensor, velocity: bool):
-        """One query chunk: ``(average (n, *shape), has_mass (n,), neglected mass (n,))``."""
+        """One query chunk: ``(average (n, *shape), has_mass (n,), neglected mass (n,))``.
+        The average is ``E[y]`` (``E[v]`` with ``velocity``), or on the direct path the
+        residual ``E[x − a y]``."""
         n = x.shape[0]
         flat = self.data.flatten(1)
         width = 0 if self.top_k is not None else self.dim
         acc = StreamingSoftmax(n, width, top_k=self.top_k, dtype=self.dtype, device=x.device)
+        if self.direct:
+            a, s = self.field.a(t), self.field.s(t)
+            xf = x.flatten(1)
         for j in range(0, flat.shape[0], self.data_chunk):
+            if self.direct:
+                diffs = self._differences(xf, flat[j:j + self.data_chunk].T.contiguous(), a)
+                sq = diffs[:, 0] * diffs[:, 0]
+                for k in range(1, self.dim):
+                    sq.addcmul_(diffs[:, k], diffs[:, k])
+                logits = self.field.noise.log_prob_sqnorm(sq.mul_((1.0 / s**2)[:, None]),
+                                                          self.dim, inplace=True)
+                if width:
+                    acc.update(logits, weighted_sum=lambda w, diffs=diffs:
+                               torch.bmm(diffs, w.unsqueeze(2)).squeeze(2))
+                else:
+                    acc.update(logits)
+                continue
             y = self.data[j:j + self.data_chunk]
             logits = self.field.pairwise_posterior_logits(x, y, t).to(self.dtype)
             if not width:
@@ -234,11 +281,26 @@ class ExactPosterior(nn.Module):
         for c in range(0, index.shape[1], step):
             idx = index[:, c:c + step]
             y = self.data[idx.reshape(-1)].view(n, idx.shape[1], *x.shape[1:])
+            wc = w[:, c:c + step]
             if velocity:
-                out += self._velocity_sum_paired(x, y, t, w[:, c:c + step])
+                out += self._velocity_sum_paired(x, y, t, wc)
+            elif self.direct:
+                res = x.flatten(1)[:, None, :] - a[:, None, None] * y.flatten(2)
+                out += torch.einsum("nk,nkd->nd", wc, res)
             else:
-                out += torch.einsum("nk,nkd->nd", w[:, c:c + step], y.flatten(2))
+                out += torch.einsum("nk,nkd->nd", wc, y.flatten(2))
         return out.view_as(x), acc.has_mass(), acc.neglected_mass()
+
+    def _differences(self, x: Tensor, yt: Tensor, a: Tensor) -> Tensor:
+        """``x_ik − a_i y_jk`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data chunk
+        transposed, ``yt`` ``(d, m)`` (contiguous rows: broadcasting is fastest so)."""
+        out = torch.empty(x.shape[0], self.dim, yt.shape[1], dtype=self.dtype, device=x.device)
+        for k in range(self.dim):
+            if self.unit_a:  # a = 1: plain differences
+                torch.sub(x[:, k:k + 1], yt[k], out=out[:, k])
+            else:
+                torch.addr(x[:, k:k + 1], a, yt[k], alpha=-1.0, out=out[:, k])
+        return out
 
     def _velocity_sum(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
         """``Σ_j w_ij v(x_i, t_i | y_j)`` ``(n, d)`` over every pair of a data chunk, in

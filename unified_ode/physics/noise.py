@@ -143,6 +143,18 @@ class GaussianNoise(NoiseLaw):
         return "N(0, I)"
 
 
+def log1p_fast_(z: Tensor, factor: float) -> Tensor:
+    """In place, ``log(1 + z)`` for ``z > −1`` that will be multiplied by ``factor``.
+
+    torch's ``log1p`` on CPU is several times slower than ``log`` (measured: ~19 vs ~3 ns per
+    float32 value); ``log(1 + z)`` is off by at most ``eps`` (of 1), i.e. ``|factor|·eps`` after
+    the multiplication. So ``log`` is used when that is below 1e-6 (float64 always; float32
+    for ``|factor| <= 8``), ``log1p`` otherwise."""
+    if abs(factor) * torch.finfo(z.dtype).eps <= 1e-6:
+        return z.add_(1.0).log_()
+    return z.log1p_()
+
+
 class StudentTNoise(NoiseLaw):
     """Multivariate Student-t with ``dof`` degrees of freedom and identity scale.
 
@@ -174,7 +186,8 @@ class StudentTNoise(NoiseLaw):
         const = (math.lgamma((nu + dim) / 2) - math.lgamma(nu / 2)
                  - 0.5 * dim * math.log(nu * math.pi))
         if inplace:
-            return sqnorm.div_(nu).log1p_().mul_(-0.5 * (nu + dim)).add_(const)
+            p = 0.5 * (nu + dim)
+            return log1p_fast_(sqnorm.div_(nu), p).mul_(-p).add_(const)
         return const - 0.5 * (nu + dim) * torch.log1p(sqnorm / nu)
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
@@ -182,7 +195,8 @@ class StudentTNoise(NoiseLaw):
         denom = base + self.dof
         ratio = delta.div_(denom) if inplace else delta / denom
         ratio = torch.maximum(ratio, -base / denom)
-        return ratio.log1p_().mul_(-0.5 * (self.dof + dim))
+        p = 0.5 * (self.dof + dim)
+        return log1p_fast_(ratio, p).mul_(-p)
 
     def mixture_precisions(self):
         # eps = g / sqrt(w), w = chi2_dof / dof: a Gaussian scale mixture. A fixed draw (seeded)
