@@ -84,13 +84,14 @@ def test_fast_path_agrees_with_float64_reference(kind, name):
 
 
 def test_dtype_auto_is_what_was_measured():
-    """float32 on the 2-D direct path of a = 1 fields and from 32 dims on; float64 between and
-    for a != 1 at low d."""
+    """float32 on the 2-D direct path of a = 1 fields and from 32 dims on; float64 between, for
+    a != 1 at low d, and for float64 data."""
     two = torch.zeros(5, 2)
     assert ExactPosterior(PoissonField(), two).dtype == torch.float32
     assert ExactPosterior(VPField(), two).dtype == torch.float64
     assert ExactPosterior(PoissonField(), torch.zeros(5, 16)).dtype == torch.float64
     assert ExactPosterior(PoissonField(), torch.zeros(5, 64)).dtype == torch.float32
+    assert ExactPosterior(PoissonField(), two.double()).dtype == torch.float64
     with pytest.raises(ValueError, match="auto, float32 or float64"):
         ExactPosterior(PoissonField(), two, dtype="half")
 
@@ -181,7 +182,7 @@ def test_peak_memory_is_the_data_plus_a_chunk():
         "x = torch.randn(128, 3072, generator=g) * 10\n"
         "ExactPosterior(field, torch.rand(300, 3072, generator=g))(x[:8], torch.full((8,), 5.0))\n"
         "base = rss()\n"
-        "data = torch.rand(6000, 3072, generator=g) * 2 - 1\n"
+        "data = torch.rand(6000, 3072, generator=g).mul_(2).sub_(1)\n"
         "out = ExactPosterior(field, data)(x, torch.full((128,), 5.0))\n"
         "assert torch.isfinite(out).all()\n"
         "print(rss() - base, data.numel() * 4)\n")
@@ -189,4 +190,11 @@ def test_peak_memory_is_the_data_plus_a_chunk():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     grown, size = map(int, proc.stdout.split())
-    assert grown <= 1.1 * size + 64 * 2**20, f"grew {grown / 2**20:.0f} MB for {size / 2**20:.0f} MB of data"
+    assert grown <= 1.1 * size + 64 * 2**20, (grown / 2**20, size / 2**20)  # MB
+
+
+def test_progress_bar_over_query_chunks(capsys):
+    """``progress=True`` shows a bar over the query chunks of one call (on stderr)."""
+    model = ExactPosterior(VEField(), torch.randn(50, 3), query_chunk=4, progress=True)
+    model(torch.randn(10, 3), torch.full((10,), 0.5))
+    assert "exact field" in capsys.readouterr().err
