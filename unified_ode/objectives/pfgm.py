@@ -30,23 +30,18 @@ def empirical_poisson_field(x: Tensor, t: Tensor, reference: Tensor, *, chunk: i
     (online log-sum-exp), so memory is ``B × chunk`` weights plus ``B × d`` sums, never
     ``B × M × d``.
     """
+    from unified_ode.physics.posterior import StreamingSoftmax  # the one streaming loop
+
     b, d = x.shape[0], math.prod(x.shape[1:])
     xf = x.detach().flatten(1).to(dtype)
     ref = reference.detach().flatten(1).to(dtype)
     t2 = torch.as_tensor(t, device=x.device).to(dtype).expand(b).pow(2)
-    running_max = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
-    denom = torch.zeros(b, dtype=dtype, device=x.device)
-    acc = torch.zeros(b, d, dtype=dtype, device=x.device)
+    acc = StreamingSoftmax(b, d, dtype=dtype, device=x.device)
     for j in range(0, ref.shape[0], chunk):
         y = ref[j:j + chunk]
-        logits = -0.5 * (d + 1) * torch.log(sq_dists(xf, y) + t2[:, None])
-        new_max = torch.maximum(running_max, logits.max(1).values)
-        rescale = torch.exp(running_max - new_max)
-        w = torch.exp(logits - new_max[:, None])
-        acc = acc * rescale[:, None] + w @ y
-        denom = denom * rescale + w.sum(1)
-        running_max = new_max
-    mean_y = acc / denom[:, None]
+        logits = sq_dists(xf, y).add_(t2[:, None]).log_().mul_(-0.5 * (d + 1))
+        acc.update(logits, y)
+    mean_y = acc.mean()
     return torch.cat([mean_y - xf, -t2.sqrt()[:, None]], dim=1)
 
 

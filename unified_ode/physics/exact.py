@@ -5,18 +5,84 @@ For data ``{y_i}`` the posterior ``p(y_i | x, t)`` is the softmax over ``i`` of
 ``f(x, t) = sum_i w_i v(x, t | y_i)`` need no training. Integrating this ODE from the prior
 lands on the data points: it is the ground truth for kernels, priors and solvers.
 
-Memory is bounded: queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
-time with an online (streaming) log-sum-exp, so ``N`` queries against ``M`` data points in ``d``
-dimensions never hold more than ``query_chunk × data_chunk`` logits (and, for the velocity form
-of non-affine fields, ``query_chunk × data_chunk × d`` velocities).
+Cost and memory. Queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
+time with an online log-sum-exp (:class:`~unified_ode.physics.posterior.StreamingSoftmax`).
+For isotropic affine fields the logits come from squared distances by one matrix product
+(``||x||² − 2x·y + ||y||²``) and the posterior mean by a second, so a call costs about two
+``N × M × d`` matrix products; memory is the data (one copy, in the compute dtype) plus
+``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
+average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
+
+Precision (measured against a float64 pair-by-pair softmax, tests/test_exact.py: drift within
+1e-5 from ``t_min`` to ``t_max`` for poisson, pfgmpp, ve, vp, linear and radial_general on toy,
+digits and 3,072-d data). Float32 matrix-product distances have an absolute error of about
+``eps·(||x||² + ||y||²)``, comparable near ``t_min`` to the tiny distances that decide the
+posterior of data dense in few dimensions; and a float32 logit of size ``L`` carries ``eps·L``
+of rounding. Hence: (i) posterior logits are formed relative to a per-query reference
+(:meth:`~unified_ode.physics.base.Field.pairwise_posterior_logits`), never as the difference
+of two large numbers; (ii) up to :data:`DIRECT_MAX_DIM` dimensions the distances are direct
+differences and the average is the residual ``E[x − a y]``; (iii) ``dtype="auto"`` picks
+float32 where that suffices and float64 elsewhere (:func:`resolve_dtype`).
+
+Truncation. ``top_k=k`` keeps only the ``k`` points of largest kernel log-density per query
+(all logits are still computed, the weighted sums only over the ``k``); the posterior mass it
+neglects is measured per call and bounded (:attr:`ExactPosterior.max_neglected_mass`).
 """
 
 from __future__ import annotations
 
+import math
+import sys
+
 import torch
 from torch import Tensor, nn
 
-from unified_ode.physics.base import Field
+from unified_ode.physics.base import AffineField, Field
+from unified_ode.physics.posterior import StreamingSoftmax
+
+#: Up to this many dimensions, isotropic affine fields take the direct-difference path: the
+#: differences ``x − a y`` per coordinate (as cheap as a matrix product of inner size ``d``),
+#: exact squared distances, and the posterior residual ``E[x − a y]`` summed pair by pair, so
+#: float32 keeps full relative precision even at ``t_min`` on dense data.
+DIRECT_MAX_DIM = 8
+#: Between :data:`DIRECT_MAX_DIM` and this many dimensions ``dtype="auto"`` computes in float64
+#: (float32 matrix-product distances lose the smallest distances of dense low-dimensional
+#: data); from here on, and on the direct path, in float32 (measured in tests/test_exact.py).
+AUTO_FLOAT32_MIN_DIM = 32
+#: Most pairwise values (pairs × dimensions) held at once by the non-affine velocity average
+#: and by the top-k gather.
+PAIR_BUDGET = 1 << 22
+#: A call with at least this many query·point·dim products shows a progress bar over its query
+#: chunks (``progress=None``): about ten seconds of one core's matrix products.
+PROGRESS_MIN_WORK = 5e11
+#: Rounding allowance, in units of the dtype's eps, added to the measured neglected mass to
+#: make it a bound on the true one (logits and sums carry a few eps of relative error).
+ROUNDING_EPS = 64
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_dtype(dtype, dim: int, direct: bool = False, unit_a: bool = True,
+                  data_dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The compute dtype: a ``torch.dtype``, ``"float32"``, ``"float64"``, or ``"auto"``/None:
+    float64 for float64 data (the caller asked for double precision); else float32 from
+    :data:`AUTO_FLOAT32_MIN_DIM` dimensions on, and on the direct path of fields with
+    ``a(t) = 1`` (``x − y`` of float32 numbers is exact when they are close); float64 otherwise
+    (the rounding of ``a·y`` is comparable to ``x − a y`` near ``t_min``, and
+    ``E[y] = (x − E[x − a y])/a`` amplifies it where ``a`` is small)."""
+    if dtype is None or dtype == "auto":
+        if data_dtype == torch.float64:
+            return torch.float64
+        if dim >= AUTO_FLOAT32_MIN_DIM or (direct and unit_a):
+            return torch.float32
+        return torch.float64
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"network.dtype={dtype!r}: choose auto, float32 or float64")
+        return DTYPES[dtype]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"exact field dtype must be float32 or float64, got {dtype}")
+    return dtype
 
 
 class ExactPosterior(nn.Module):
@@ -27,7 +93,8 @@ class ExactPosterior(nn.Module):
     field:
         The force field whose kernel defines the posterior.
     data:
-        ``(M, *shape)`` data points (the finite data set).
+        ``(M, *shape)`` data points (the finite data set). Kept as given when already in the
+        compute dtype and contiguous (no copy), else converted once.
     parametrisation:
         What ``forward`` predicts (a :class:`unified_ode.parametrisation.Parametrisation` of
         ``field``, asked through its ``exact(posterior, x, t)``); ``None``: the posterior mean
@@ -35,28 +102,77 @@ class ExactPosterior(nn.Module):
     query_chunk, data_chunk:
         Chunk sizes (rows of queries, rows of data) that bound memory.
     dtype:
-        Precision of the posterior computation (float64 by default: the posterior is sharpest,
-        and rounding matters most, near ``t_min``).
+        Compute precision: ``"auto"`` (default: float64 for float64 data, else as the module
+        docstring says), ``"float32"`` or ``"float64"`` (or a ``torch.dtype``).
+    top_k:
+        ``None`` (every point) or ``k``: only the ``k`` points of largest kernel log-density
+        enter each query's posterior. Exact when ``k >= M``.
+    progress:
+        Show a progress bar over the query chunks of one call: ``True``, ``False``, or ``None``
+        (default: when the call's ``N·M·d`` reaches :data:`PROGRESS_MIN_WORK` and stderr is a
+        terminal). Per-step progress of a whole solve is the solver's.
     """
 
     def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
-                 query_chunk: int = 256, data_chunk: int = 2048,
-                 dtype: torch.dtype = torch.float64):
+                 query_chunk: int = 256, data_chunk: int = 2048, dtype="auto",
+                 top_k: int | None = None, progress: bool | None = None):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
                              f"{tuple(data.shape)}")
+        if int(query_chunk) < 1 or int(data_chunk) < 1:
+            raise ValueError("network.query_chunk and network.data_chunk must be >= 1, got "
+                             f"{query_chunk} and {data_chunk}")
+        if top_k is not None and int(top_k) < 1:
+            raise ValueError(f"network.top_k must be a positive number of points or null "
+                             f"(all points), got {top_k}")
         self.field = field
         self.parametrisation = parametrisation
-        self.register_buffer("data", data.detach().to(dtype), persistent=False)
+        self.dim = int(math.prod(data.shape[1:]))
+        #: direct-difference path (see :data:`DIRECT_MAX_DIM`)
+        self.direct = (isinstance(field, AffineField) and field.noise.isotropic
+                       and self.dim <= DIRECT_MAX_DIM
+                       and type(field).pairwise_kernel_log_prob
+                       is AffineField.pairwise_kernel_log_prob)
+        self.unit_a = isinstance(field, AffineField) and type(field).a is AffineField.a
+        self.dtype = resolve_dtype(dtype, self.dim, self.direct, self.unit_a, data.dtype)
+        self.register_buffer("data", data.detach().to(self.dtype).contiguous(),
+                             persistent=False)
         self.query_chunk = int(query_chunk)
         self.data_chunk = int(data_chunk)
-        self.dtype = dtype
+        self.top_k = None if top_k is None or int(top_k) >= data.shape[0] else int(top_k)
+        #: Largest posterior mass neglected by ``top_k`` over the queries of the last call and
+        #: over all calls since :meth:`reset_stats` (0-d tensors; 0 without truncation).
+        self.last_neglected_mass = torch.zeros(())
+        self.max_neglected_mass = torch.zeros(())
+        self.progress = progress
+        self._radius = None
+        self._data_mean = None
+
+    # --- the two posterior averages ------------------------------------------------------
+    @torch.no_grad()
+    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[y | x, t]``: ``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns the shape
+        and dtype of ``x``."""
+        return self._mean(x, t).to(x.dtype)
+
+    @torch.no_grad()
+    def posterior_velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[v(x, t | y) | x, t]``, the drift of the exact ODE: shape and dtype of ``x``.
+
+        Affine fields: ``v`` is linear in ``y``, so this is the field's drift at the posterior
+        mean (computed in the wider of the two dtypes). Other fields: the per-pair velocities
+        averaged under the posterior."""
+        if self.field.has_denoiser_form:
+            mean = self._mean(x, t)
+            xw = x.to(mean.dtype)
+            tw = torch.as_tensor(t, dtype=mean.dtype, device=x.device).expand(x.shape[0])
+            return self.field.drift_from_denoiser(xw, tw, mean).to(x.dtype)
+        return self._stream(x, t, velocity=True).to(x.dtype)
 
     @torch.no_grad()
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` ``(N, *shape)``, ``t`` ``(N,)`` or scalar; returns the parametrisation's exact
-        prediction ``(N, *shape)`` in ``x``'s dtype."""
+        """The parametrisation's exact prediction; shape and dtype of ``x``."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         if self.parametrisation is not None:
             return self.parametrisation.exact(self, x, t)
@@ -64,56 +180,173 @@ class ExactPosterior(nn.Module):
             return self.posterior_mean(x, t)
         return self.posterior_velocity(x, t)
 
-    @torch.no_grad()
-    def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
-        """``E[y | x, t]`` ``(N, *shape)`` in ``x``'s dtype (the exact denoiser)."""
-        return self._stream(x, t, velocity=False)
+    # --- truncation statistics -------------------------------------------------------------
+    def reset_stats(self) -> None:
+        """Zero :attr:`max_neglected_mass` (e.g. before a sampling run)."""
+        self.max_neglected_mass = torch.zeros(())
 
-    @torch.no_grad()
-    def posterior_velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        """``E[v(x, t | y) | x, t]`` ``(N, *shape)`` in ``x``'s dtype (the exact drift)."""
-        return self._stream(x, t, velocity=True)
+    def neglected_mass_bound(self) -> float:
+        """Bound on the posterior mass ``top_k`` neglected at any query since
+        :meth:`reset_stats`: the measured mass plus a rounding allowance (0 without
+        truncation). The posterior mean is then within ``bound · diameter(data)`` of the
+        exact one (:meth:`mean_error_bound`)."""
+        if self.top_k is None:
+            return 0.0
+        slack = ROUNDING_EPS * torch.finfo(self.dtype).eps
+        return min(1.0, float(self.max_neglected_mass) + slack)
 
-    def _stream(self, x: Tensor, t: Tensor, velocity: bool) -> Tensor:
-        out_dtype = x.dtype
-        x = x.to(self.dtype)
-        t = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(x.shape[0])
-        outs = [self._chunk(x[i:i + self.query_chunk], t[i:i + self.query_chunk], velocity)
-                for i in range(0, x.shape[0], self.query_chunk)]
-        return torch.cat(outs).to(out_dtype)
+    def mean_error_bound(self) -> float:
+        """Bound on ``||E_k[y] − E[y]||`` over the same queries: the neglected mass ``ε``
+        times the data's diameter (``E[y] = (1 − ε) E_k[y] + ε E_rest[y]``, both means in the
+        data's convex hull), bounded by twice the largest distance from the data mean."""
+        if self._radius is None:
+            flat = self.data.flatten(1)
+            centre = flat.mean(0, dtype=torch.float64).to(flat.dtype)
+            self._radius = max(float((flat[j:j + self.data_chunk] - centre).norm(dim=1).max())
+                               for j in range(0, flat.shape[0], self.data_chunk))
+        return self.neglected_mass_bound() * 2.0 * self._radius
 
-    def _chunk(self, x: Tensor, t: Tensor, velocity: bool) -> Tensor:
+    def describe(self) -> dict:
+        """Facts for ``sample_info.json``: sizes, dtype, truncation and its measured bound."""
+        out = {"points": int(self.data.shape[0]), "dim": self.dim,
+               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k}
+        if self.top_k is not None:
+            out["max_neglected_mass_bound"] = self.neglected_mass_bound()
+            out["mean_error_bound"] = self.mean_error_bound()
+        return out
+
+    # --- the streaming loop ----------------------------------------------------------------
+    def _mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype (float64 on the direct
+        path, where it is formed from the accurate residual ``E[x − a y]``)."""
+        out = self._stream(x, t, velocity=False)
+        if not self.direct:
+            return out.to(torch.promote_types(x.dtype, self.dtype))
+        # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
+        x64 = x.detach().to(torch.float64)
+        a = self.field.a(torch.as_tensor(t, dtype=torch.float64, device=x.device)
+                         .expand(x.shape[0])).view(-1, *([1] * (x.ndim - 1)))
+        if self._data_mean is None:
+            self._data_mean = self.data.mean(0, dtype=torch.float64)
+        safe = torch.where(a != 0, a, torch.ones_like(a))
+        return torch.where(a != 0, (x64 - out.to(torch.float64)) / safe, self._data_mean)
+
+    def _stream(self, x: Tensor, t: Tensor, *, velocity: bool) -> Tensor:
         n = x.shape[0]
-        running_max = torch.full((n,), -torch.inf, dtype=self.dtype, device=x.device)
-        denom = torch.zeros(n, dtype=self.dtype, device=x.device)
-        acc = torch.zeros_like(x)
-        for j in range(0, self.data.shape[0], self.data_chunk):
-            y = self.data[j:j + self.data_chunk]
-            logits = self.field.pairwise_kernel_log_prob(x, y, t)  # (n, m)
-            new_max = torch.maximum(running_max, logits.max(dim=1).values)
-            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            rescale = torch.exp(running_max - safe_max)
-            w = torch.exp(logits - safe_max[:, None])  # (n, m)
-            if velocity:
-                contrib = self._weighted_velocity(x, y, t, w)
-            else:
-                contrib = (w @ y.flatten(1)).view_as(x)
-            shape = (n, *([1] * (x.ndim - 1)))
-            acc = acc * rescale.view(shape) + contrib
-            denom = denom * rescale + w.sum(1)
-            running_max = new_max
-        if not torch.all(denom > 0):
-            raise FloatingPointError(
-                "exact field: some queries have zero posterior mass under every data point "
-                "(the kernel has bounded support and no data point can reach them); "
-                "start from the field's prior or raise t")
-        return acc / denom.view(n, *([1] * (x.ndim - 1)))
+        xc = x.detach().to(self.dtype)
+        tc = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(n)
+        outs, masses, neglected = [], [], []
+        starts = range(0, n, self.query_chunk)
+        show = self.progress
+        if show is None:
+            show = n * self.data.shape[0] * self.dim >= PROGRESS_MIN_WORK and sys.stderr.isatty()
+        if show:
+            from tqdm.auto import tqdm
 
-    def _weighted_velocity(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+            starts = tqdm(starts, desc="exact field", unit="chunk", leave=False)
+        for i in starts:
+            out, has_mass, lost = self._chunk(xc[i:i + self.query_chunk],
+                                              tc[i:i + self.query_chunk], velocity)
+            outs.append(out)
+            masses.append(has_mass)
+            neglected.append(lost)
+        # one host synchronisation per call, after the loop
+        if not bool(torch.cat(masses).all()):
+            raise FloatingPointError(
+                "exact field: some queries have no posterior: their kernel log-density is -inf "
+                "under every data point (a kernel of bounded support that no data point "
+                "reaches: start from the field's prior or raise t) or NaN (non-finite states: "
+                "the solver diverged; try more steps)")
+        self.last_neglected_mass = torch.cat(neglected).max()
+        self.max_neglected_mass = torch.maximum(self.max_neglected_mass.to(x.device),
+                                                self.last_neglected_mass)
+        return torch.cat(outs)
+
+    def _chunk(self, x: Tensor, t: Tensor, velocity: bool):
+        """One query chunk: ``(average (n, *shape), has_mass (n,), neglected mass (n,))``.
+        The average is ``E[y]`` (``E[v]`` with ``velocity``), or on the direct path the
+        residual ``E[x − a y]``."""
+        n = x.shape[0]
+        flat = self.data.flatten(1)
+        width = 0 if self.top_k is not None else self.dim
+        acc = StreamingSoftmax(n, width, top_k=self.top_k, dtype=self.dtype, device=x.device)
+        if self.direct:
+            a, s = self.field.a(t), self.field.s(t)
+            xf = x.flatten(1)
+        for j in range(0, flat.shape[0], self.data_chunk):
+            if self.direct:
+                diffs = self._differences(xf, flat[j:j + self.data_chunk].T.contiguous(), a)
+                sq = diffs[:, 0] * diffs[:, 0]
+                for k in range(1, self.dim):
+                    sq.addcmul_(diffs[:, k], diffs[:, k])
+                logits = self.field.noise.log_prob_sqnorm(sq.mul_((1.0 / s**2)[:, None]),
+                                                          self.dim, inplace=True)
+                if width:
+                    acc.update(logits, weighted_sum=lambda w, diffs=diffs:
+                               torch.bmm(diffs, w.unsqueeze(2)).squeeze(2))
+                else:
+                    acc.update(logits)
+                continue
+            y = self.data[j:j + self.data_chunk]
+            logits = self.field.pairwise_posterior_logits(x, y, t).to(self.dtype)
+            if not width:
+                acc.update(logits)
+            elif velocity:
+                acc.update(logits, weighted_sum=lambda w, y=y: self._velocity_sum(x, y, t, w))
+            else:
+                acc.update(logits, flat[j:j + self.data_chunk])
+        if self.top_k is None:
+            return (acc.mean().view_as(x), acc.has_mass(),
+                    torch.zeros(n, dtype=self.dtype, device=x.device))
+        w = torch.softmax(acc.top_logits, dim=1)  # the posterior over the k nearest
+        index = acc.top_index
+        out = torch.zeros(n, self.dim, dtype=self.dtype, device=x.device)
+        step = max(1, PAIR_BUDGET // max(1, n * self.dim))
+        for c in range(0, index.shape[1], step):
+            idx = index[:, c:c + step]
+            y = self.data[idx.reshape(-1)].view(n, idx.shape[1], *x.shape[1:])
+            wc = w[:, c:c + step]
+            if velocity:
+                out += self._velocity_sum_paired(x, y, t, wc)
+            elif self.direct:
+                res = x.flatten(1)[:, None, :] - a[:, None, None] * y.flatten(2)
+                out += torch.einsum("nk,nkd->nd", wc, res)
+            else:
+                out += torch.einsum("nk,nkd->nd", wc, y.flatten(2))
+        return out.view_as(x), acc.has_mass(), acc.neglected_mass()
+
+    def _differences(self, x: Tensor, yt: Tensor, a: Tensor) -> Tensor:
+        """``x_ik − a_i y_jk`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data chunk
+        transposed, ``yt`` ``(d, m)`` (contiguous rows: broadcasting is fastest so)."""
+        out = torch.empty(x.shape[0], self.dim, yt.shape[1], dtype=self.dtype, device=x.device)
+        for k in range(self.dim):
+            if self.unit_a:  # a = 1: plain differences
+                torch.sub(x[:, k:k + 1], yt[k], out=out[:, k])
+            else:
+                torch.addr(x[:, k:k + 1], a, yt[k], alpha=-1.0, out=out[:, k])
+        return out
+
+    def _velocity_sum(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+        """``Σ_j w_ij v(x_i, t_i | y_j)`` ``(n, d)`` over every pair of a data chunk, in
+        sub-chunks of at most :data:`PAIR_BUDGET` values."""
         n, m = w.shape
-        xe = x.unsqueeze(1).expand(n, m, *x.shape[1:]).reshape(n * m, *x.shape[1:])
-        ye = y.unsqueeze(0).expand(n, m, *y.shape[1:]).reshape(n * m, *y.shape[1:])
-        te = t.unsqueeze(1).expand(n, m).reshape(-1)
-        v = self.field.conditional_velocity(xe, ye, te).view(n, m, -1)
-        v = torch.nan_to_num(v) * (w > 0)[..., None]
-        return torch.einsum("nm,nmd->nd", w, v).view_as(x)
+        out = torch.zeros(n, self.dim, dtype=self.dtype, device=x.device)
+        step = max(1, PAIR_BUDGET // max(1, n * self.dim))
+        for c in range(0, m, step):
+            yc = y[c:c + step]
+            ye = yc.unsqueeze(0).expand(n, *yc.shape)
+            out += self._velocity_sum_paired(x, ye, t, w[:, c:c + step])
+        return out
+
+    def _velocity_sum_paired(self, x: Tensor, y: Tensor, t: Tensor, w: Tensor) -> Tensor:
+        """``Σ_c w_ic v(x_i, t_i | y_ic)`` for ``y`` ``(n, c, *shape)`` and ``w`` ``(n, c)``.
+        Weights at the exp floor (pairs of zero kernel density) count as 0, so a velocity that
+        is not finite there (outside a bounded kernel) does not enter."""
+        n, c = w.shape
+        xe = x.unsqueeze(1).expand(n, c, *x.shape[1:]).reshape(n * c, *x.shape[1:])
+        te = t.unsqueeze(1).expand(n, c).reshape(-1)
+        v = self.field.conditional_velocity(xe, y.reshape(n * c, *x.shape[1:]), te)
+        v = v.to(self.dtype).view(n, c, -1)
+        live = w > 2.0 * torch.finfo(self.dtype).tiny * math.e
+        v = torch.where(live[..., None], torch.nan_to_num(v), torch.zeros_like(v))
+        return torch.einsum("nc,ncd->nd", w, v)

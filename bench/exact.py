@@ -1,0 +1,166 @@
+"""Throughput, memory and truncation of the exact field (issue 18), beside torch.mm.
+
+    python bench/exact.py --threads 1                     # the table of docs/exact.md (~5 min)
+    python bench/exact.py --threads 1 --dims 64 --points 10000 --topk-points 0
+
+**Throughput.** For each ``d`` in ``--dims`` and ``M`` in ``--points`` a fresh process builds
+``M`` float32 points (uniform in ``[-1, 1]^d``), runs one warm-up call and then
+``--repeats`` calls of the default exact Poisson field (``network=exact``: dtype auto, default
+chunks) on ``--queries`` states at ``t = 1``, and times ``torch.mm`` over the same chunks
+(``(query_chunk × d) @ (d × data_chunk)`` for every pair of chunks: one pass of ``N·M·d``
+multiply-adds) in the same process. Rates are query·point·dim per second (best of the
+repeats). The exact field needs two such passes for ``d`` above the direct-path limit (the
+distances and the weighted sum), so 50 % of the matmul rate is the ideal there; at ``d = 2``
+the direct path does not multiply matrices at all. Peak memory: the process's peak resident
+size minus its size just before the data were made, against the data's own size (one copy)
+and the working set of one chunk.
+
+**Truncation.** ``--topk-points`` float32 points in 3,072 dims near a 16-dimensional manifold
+(close neighbours, as real images have), ``--queries`` states from the kernel around data
+points at three times; for each ``top_k`` the time per call, the largest relative drift error
+against the untruncated field, and the reported bound on the neglected mass.
+
+Timings depend on the machine's load: run it on a quiet machine (``--threads 1`` pins torch
+to one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from unified_ode.physics import ExactPosterior, PoissonField  # noqa: E402
+
+
+def _rss() -> int:
+    """Peak resident size of this process so far, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def one(dim: int, points: int, queries: int, repeats: int) -> dict:
+    """Measure one (d, M) in this process; returns a JSON-able row."""
+    field = PoissonField()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(queries, dim, generator=g) * 2.0
+    t = torch.full((queries,), 1.0)
+    ExactPosterior(field, torch.rand(64, dim, generator=g))(x[:4], t[:4])  # warm the code
+    base = _current_rss()
+    data = torch.rand(points, dim, generator=g).mul_(2).sub_(1)  # in place: one copy
+    model = ExactPosterior(field, data)
+    model(x, t)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x, t)
+        best = min(best, time.perf_counter() - start)
+    peak = _rss() - base
+    # torch.mm over the same chunks, the same process
+    qc, dc = model.query_chunk, model.data_chunk
+    mm_best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, queries, qc):
+            for j in range(0, points, dc):
+                torch.mm(x[i:i + qc], data[j:j + dc].T)
+        mm_best = min(mm_best, time.perf_counter() - start)
+    work = queries * points * dim
+    working_set = qc * dc * model.data.element_size() * (2 + (model.dim if model.direct else 0))
+    return {"d": dim, "M": points, "N": queries, "dtype": str(model.dtype).split(".")[-1],
+            "path": "direct" if model.direct else "matmul", "seconds": best,
+            "rate": work / best, "mm_rate": work / mm_best, "peak_bytes": peak,
+            "data_bytes": data.numel() * data.element_size(), "chunk_bytes": working_set}
+
+
+def truncation(points: int, queries: int, ks: list[int]) -> list[dict]:
+    """Error and speed of top_k on 3,072-d data near a 16-d manifold."""
+    g = torch.Generator().manual_seed(1)
+    data = torch.empty(points, 3072)
+    a = torch.randn(16, 3072, generator=g) / 4
+    for j in range(0, points, 4096):  # no float64 copy of the data
+        z = torch.randn(min(4096, points - j), 16, generator=g)
+        data[j:j + z.shape[0]] = torch.tanh(z @ a)
+    field = PoissonField()
+    rows = []
+    for t_val in (0.05, 0.5, 5.0):
+        t = torch.full((queries,), t_val)
+        idx = torch.randint(0, points, (queries,), generator=g)
+        x = field.sample_kernel(data[idx], t, generator=g)
+        full_model = ExactPosterior(field, data)
+        start = time.perf_counter()
+        full = full_model.posterior_velocity(x, t).double()
+        full_s = time.perf_counter() - start
+        rows.append({"t": t_val, "top_k": None, "seconds": full_s, "error": 0.0,
+                     "bound": 0.0})
+        for k in ks:
+            model = ExactPosterior(field, data, top_k=k)
+            start = time.perf_counter()
+            out = model.posterior_velocity(x, t).double()
+            seconds = time.perf_counter() - start
+            err = float(((out - full).norm(dim=1) / full.norm(dim=1)).max())
+            rows.append({"t": t_val, "top_k": k, "seconds": seconds, "error": err,
+                         "bound": model.neglected_mass_bound()})
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 64, 3072])
+    p.add_argument("--points", type=int, nargs="+", default=[1000, 10000, 50000])
+    p.add_argument("--queries", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--topk-points", type=int, default=50000,
+                   help="points of the truncation study (0: skip it)")
+    p.add_argument("--topk", type=int, nargs="+", default=[1000, 100, 10])
+    p.add_argument("--one", type=int, nargs=2, metavar=("D", "M"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(one(args.one[0], args.one[1], args.queries, args.repeats)))
+        return
+    print(f"exact field throughput, torch {torch.__version__}, {args.threads} thread(s), "
+          f"N = {args.queries} queries, Poisson field at t = 1")
+    print(f"{'d':>5} {'M':>6} {'path':>7} {'dtype':>8} {'s/call':>8} {'qpd/s':>9} "
+          f"{'mm qpd/s':>9} {'vs mm':>6} {'peak MB':>8} {'data MB':>8} {'chunk MB':>8}")
+    for dim in args.dims:
+        for points in args.points:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", str(dim), str(points), "--threads",
+                 str(args.threads), "--queries", str(args.queries), "--repeats",
+                 str(args.repeats)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{dim:>5} {points:>6} failed: {proc.stderr.strip()[-300:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            mb = 2**20
+            print(f"{r['d']:>5} {r['M']:>6} {r['path']:>7} {r['dtype']:>8} "
+                  f"{r['seconds']:>8.3f} {r['rate']:>9.2e} {r['mm_rate']:>9.2e} "
+                  f"{r['rate'] / r['mm_rate']:>6.0%} {r['peak_bytes'] / mb:>8.1f} "
+                  f"{r['data_bytes'] / mb:>8.1f} {r['chunk_bytes'] / mb:>8.1f}", flush=True)
+    if args.topk_points:
+        print(f"\ntop_k on {args.topk_points} x 3072 (16-d manifold), {args.queries} queries")
+        print(f"{'t':>5} {'top_k':>6} {'s/call':>8} {'max rel err':>12} {'mass bound':>11}")
+        for r in truncation(args.topk_points, args.queries, args.topk):
+            k = "all" if r["top_k"] is None else r["top_k"]
+            print(f"{r['t']:>5g} {k:>6} {r['seconds']:>8.3f} {r['error']:>12.1e} "
+                  f"{r['bound']:>11.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
