@@ -30,17 +30,17 @@ def last_checkpoint(run: Run):
 def app_resume_guard(run: Run) -> None:
     """The app's own run-directory guard, as ``train.py resume=true`` applies it to ``run``'s
     overrides (the model, data, optimiser and seed must match the saved config). The one
-    place the study calls it: repoint here when app/train.py's guard moves."""
+    place the study calls it (:func:`unified_ode.app.runs.resume_checkpoint`)."""
     from hydra import compose, initialize_config_dir
 
-    from unified_ode.app.train import _resume_checkpoint
+    from unified_ode.app.runs import resume_checkpoint
     from unified_ode.errors import UserError
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train",
                       overrides=[*run.overrides, f"run_dir={run.run_dir}", "resume=true"])
     try:
-        _resume_checkpoint(cfg, run.run_dir)
+        resume_checkpoint(run.run_dir, cfg)
     except UserError as err:
         raise SystemExit(f"{run.run_dir} holds an unfinished run this study cannot continue: "
                          f"{err}\nIt is never overwritten: pass a new --root for a study "
