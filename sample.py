@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unified_ode.app.sample import register_resolvers, run_task
+from unified_ode.app.resolvers import register_resolvers
 from unified_ode.errors import friendly_errors
 
 register_resolvers()
@@ -15,6 +15,9 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
+    # torch and Lightning are imported here, so that --help and --cfg job answer at once
+    from unified_ode.app.sample import run_task
+
     hc = HydraConfig.get()
     with friendly_errors("sample.py"):
         run_task(cfg, list(hc.overrides.task), hc.runtime.output_dir)

@@ -6,7 +6,6 @@ import importlib
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from unified_ode.app.build import build_module, is_exact
+from unified_ode.app.resolvers import register_resolvers, sample_dir  # noqa: F401 (re-exported)
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
-from unified_ode.viz.points import plot_points_with_trajectories
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
 
 #: Config groups that define the model; with ``run=...`` they come from the run.
 MODEL_GROUPS = ("physics", "network", "dataset", "solver")
 SAMPLES_FILE = "samples.npz"
-
-
-def sample_dir(out_dir, run) -> str:
-    """Hydra resolver ``uode_sample_dir``: where a sampling job writes (a new directory)."""
-    if out_dir:
-        return str(out_dir)
-    stamp = datetime.now()
-    if run and Path(str(run)).is_dir():  # a mistyped run dir is reported, never created
-        return str(Path(str(run)) / "samples" / stamp.strftime("%Y-%m-%d_%H-%M-%S"))
-    return str(Path("samples") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S"))
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("uode_sample_dir"):
-        OmegaConf.register_new_resolver("uode_sample_dir", sample_dir, use_cache=True)
 
 
 def _override_root(override: str) -> str:
@@ -168,6 +152,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))
     figure = None
     if getattr(datamodule, "kind", None) == "points":
+        from unified_ode.viz.points import plot_points_with_trajectories  # matplotlib
+
         figure = plot_points_with_trajectories(
             out_dir / "samples.png", datamodule.heldout(min(n, 5000)), samples,
             first.trajectory, first.trajectory_times,

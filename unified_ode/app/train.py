@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -78,6 +77,11 @@ def run_training(cfg: DictConfig) -> dict:
         raise UserError("network=exact is the exact field of the data: it needs no training. "
                         "Sample it with: python sample.py network=exact physics=... dataset=...")
     ckpt_path = _resume_checkpoint(cfg, run_dir)
+    import lightning as L  # here, not at the top: `import unified_ode.app.train` stays cheap
+    import torch
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module, datamodule = build_module(cfg)
     if cfg.get("compile", False):
