@@ -3,7 +3,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from unified_ode.app.resolvers import register_resolvers
 from unified_ode.errors import friendly_errors
+
+register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

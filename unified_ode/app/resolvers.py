@@ -20,6 +20,11 @@ def sample_dir(out_dir, run) -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``uode_sample_dir`` (used by ``conf/sample.yaml``'s ``hydra.run.dir``) once."""
-    if not OmegaConf.has_resolver("uode_sample_dir"):
-        OmegaConf.register_new_resolver("uode_sample_dir", sample_dir, use_cache=True)
+    """Register, once, ``uode_sample_dir`` (``conf/sample.yaml``'s ``hydra.run.dir``) and the
+    ``--help`` resolvers ``uode_help_groups`` and ``uode_help_settings`` (``conf/hydra/help/``)."""
+    from unified_ode.app.help import groups_help, settings_help
+
+    for name, fn in (("uode_sample_dir", sample_dir), ("uode_help_groups", groups_help),
+                     ("uode_help_settings", settings_help)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "uode_sample_dir")
