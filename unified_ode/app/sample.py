@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import time
@@ -110,34 +111,80 @@ def run_task(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path) ->
     return getattr(importlib.import_module(module_name), func)(cfg, loaded, out_dir)
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a sampling job with ``seed``: each batch can be redone
+    alone, and batch 0 of one seed is not batch 1 of another."""
+    return int(seed) * 100_003 + int(index)
+
+
+@contextlib.contextmanager
+def nfe_progress(model: torch.nn.Module, total: int | None, desc: str = "sampling"):
+    """A progress bar over network evaluations: one tick per ``model`` forward call (each
+    call is one NFE of the solver), through a forward hook removed on exit. ``total``: the
+    NFE expected (``None`` for adaptive solvers: the bar counts and shows the rate)."""
+    bar = tqdm(total=total, desc=desc, unit="NFE", leave=False)
+    handle = model.register_forward_hook(lambda *_: bar.update(1))
+    try:
+        yield bar
+    finally:
+        handle.remove()
+        bar.close()
+
+
+def generate(module, solver, n: int, *, batch_size: int, seed: int, temperature: float = 1.0,
+             record_every: int = 0, progress: bool = True):
+    """``n`` samples from ``module`` with ``solver`` in batches of ``batch_size``; batch ``i``
+    draws its prior states from seed :func:`batch_seed` ``(seed, i)``, scaled by
+    ``temperature``. The first batch records every ``record_every``-th state (0: none).
+
+    Returns ``(samples, nfes, first)``: samples ``(n, *data_shape)`` float32 on the CPU, the
+    NFE of each batch, and the first batch's :class:`~unified_ode.solvers.SolveResult` (its
+    trajectory for figures). Progress: a bar over batches, or, for one batch, over the
+    network evaluations of the solve.
+    """
+    if int(n) < 1 or int(batch_size) < 1:
+        raise UserError(f"n and batch_size must be positive, got n={n}, "
+                        f"batch_size={batch_size}")
+    n, batch_size = int(n), int(batch_size)
+    starts = range(0, n, batch_size)
+    chunks, nfes, first = [], [], None
+    expected = solver.nfe_for_steps(solver.steps) if hasattr(solver, "nfe_for_steps") else None
+    per_step = progress and len(starts) == 1 and isinstance(module.model, torch.nn.Module)
+    batches = tqdm(starts, desc="sampling", unit="batch", disable=not progress or per_step)
+    saved_record = solver.record_every
+    try:
+        for i, lo in enumerate(batches):
+            g = torch.Generator().manual_seed(batch_seed(seed, i))
+            x_T = temperature * module.sample_prior(min(batch_size, n - lo), generator=g)
+            solver.record_every = int(record_every) if i == 0 else 0
+            bar = (nfe_progress(module.model, expected) if per_step
+                   else contextlib.nullcontext())
+            with bar:
+                result = module.sample(x_T=x_T, solver=solver)
+            first = first or result
+            chunks.append(result.x.cpu())
+            nfes.append(result.nfe)
+    finally:
+        solver.record_every = saved_record
+    return torch.cat(chunks), nfes, first
+
+
 def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     """``task=sample``: ``n`` samples in batches, ``samples.npz`` + info + figure."""
-    if int(cfg.n) < 1 or int(cfg.batch_size) < 1:
-        raise UserError(f"n and batch_size must be positive, got n={cfg.n}, "
-                        f"batch_size={cfg.batch_size}")
     module, datamodule, mcfg, ckpt = (loaded.module, loaded.datamodule, loaded.config,
                                       loaded.checkpoint)
     solver = instantiate(mcfg.solver)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     n, bs, seed = int(cfg.n), int(cfg.batch_size), int(cfg.seed)
     temperature = float(cfg.get("temperature", 1.0))
     if not temperature > 0:
         raise UserError(f"temperature must be positive, got {temperature}")
     images = getattr(datamodule, "kind", None) == "images"
-    chunks, nfes, first = [], [], None
     start = time.perf_counter()
-    starts = range(0, n, bs)
-    for i, lo in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)):
-        g = torch.Generator().manual_seed(seed * 100_003 + i)
-        x_T = temperature * module.sample_prior(min(bs, n - lo), generator=g)
-        solver.record_every = int(cfg.record_every) if i == 0 and not images else 0
-        result = module.sample(x_T=x_T, solver=solver)
-        first = first or result
-        chunks.append(result.x.cpu())
-        nfes.append(result.nfe)
+    samples, nfes, first = generate(module, solver, n, batch_size=bs, seed=seed,
+                                    temperature=temperature,
+                                    record_every=0 if images else int(cfg.record_every))
     seconds = time.perf_counter() - start
-    samples = torch.cat(chunks)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # images as uint8 NHWC, the layout FID tools read
     stored = to_uint8_nhwc(samples) if images else samples.numpy()
