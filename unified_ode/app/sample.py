@@ -25,6 +25,10 @@ from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
 #: Config groups that define the model; with ``run=...`` they come from the run.
 MODEL_GROUPS = ("physics", "network", "dataset", "solver")
 SAMPLES_FILE = "samples.npz"
+#: ``export=``: extra outputs of ``task=sample`` (None: samples.npz and the figure only).
+EXPORTS = (None, "png")
+#: ``export=png``: the folder (beside samples.npz) of one PNG per image.
+PNG_DIR = "samples_png"
 
 
 def _override_root(override: str) -> str:
@@ -179,6 +183,14 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     if not temperature > 0:
         raise UserError(f"temperature must be positive, got {temperature}")
     images = getattr(datamodule, "kind", None) == "images"
+    export = cfg.get("export")
+    export = str(export).lower() if export is not None else None
+    if export not in EXPORTS:
+        raise UserError(f"export={export!r}; choose one of "
+                        f"{', '.join(str(e).lower() for e in EXPORTS)}")
+    if export == "png" and not images:
+        raise UserError("export=png writes one PNG per image, but this data set holds points: "
+                        f"they are in {SAMPLES_FILE} (array 'samples'). Drop export=png.")
     start = time.perf_counter()
     samples, nfes, first = generate(module, solver, n, batch_size=bs, seed=seed,
                                     temperature=temperature,
@@ -214,8 +226,26 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     print(f"NFE: {nfe_text}")
     print(f"wall time: {seconds:.3f} s for {n} samples ({len(nfes)} batch(es)), "
           f"{'EMA' if loaded.ema else 'raw'} weights")
+    if export == "png":
+        folder = export_png(out_dir / PNG_DIR, stored)
+        figure = f"{figure}, {len(stored)} PNGs in {folder}"
     print(f"wrote {out_dir / SAMPLES_FILE}" + (f" and {figure}" if figure else ""))
     return {"out_dir": str(out_dir), "nfe": nfes, "seconds": seconds, "samples": samples}
+
+
+def export_png(folder: Path, images: np.ndarray) -> Path:
+    """Write ``images`` ``(N, H, W, C)`` uint8 as ``folder/000000.png`` ... (grey for C = 1,
+    RGB for C = 3), exactly the pixels of ``samples.npz``: what external FID tools read."""
+    from unified_ode.viz.images import save_png
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} already holds files; refusing to overwrite them. Pass "
+                        "out_dir=<a new directory>.")
+    width = max(6, len(str(len(images) - 1)))
+    for i, image in enumerate(tqdm(images, desc="export png", unit="img", leave=False)):
+        save_png(folder / f"{i:0{width}d}.png", image)
+    return folder
 
 
 def polar_interpolation(x0: torch.Tensor, x1: torch.Tensor, steps: int) -> torch.Tensor:
