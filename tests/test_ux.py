@@ -110,6 +110,31 @@ def test_export_png_refuses_points_and_unknown_formats(tmp_path):
     assert not (tmp_path / "a" / "samples.npz").exists()
 
 
+def test_single_batch_progress_bar_leaves_the_samples_unchanged(tmp_path):
+    """One batch shows a bar over network evaluations (a forward hook); the samples must be
+    those of the same batch drawn without it (batch 0 of a two-batch job)."""
+    one = _sample_in_process(tmp_path / "one", *EXACT_DIGITS, "n=4", "batch_size=4")
+    two = _sample_in_process(tmp_path / "two", *EXACT_DIGITS, "n=8", "batch_size=4")
+    assert one["nfe"] == [3] and two["nfe"] == [3, 3]
+    np.testing.assert_array_equal(np.load(tmp_path / "one" / "samples.npz")["samples"],
+                                  np.load(tmp_path / "two" / "samples.npz")["samples"][:4])
+
+
+def test_nfe_progress_bar_counts_calls_and_never_changes_outputs():
+    from unified_ode.app.sample import nfe_progress
+
+    model = torch.nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    expected = model(x)
+    with nfe_progress(model, total=5) as bar:
+        bar.mininterval, bar.miniters = 0, 1  # redraw on every tick (tqdm then returns True)
+        outs = [model(x) for _ in range(5)]
+        assert bar.n == 5
+    assert all(torch.equal(o, expected) for o in outs)
+    model(x)
+    assert bar.n == 5  # the hook is gone
+
+
 # --- image grids ----------------------------------------------------------------------------
 
 

@@ -127,7 +127,11 @@ def nfe_progress(model: torch.nn.Module, total: int | None, desc: str = "samplin
     call is one NFE of the solver), through a forward hook removed on exit. ``total``: the
     NFE expected (``None`` for adaptive solvers: the bar counts and shows the rate)."""
     bar = tqdm(total=total, desc=desc, unit="NFE", leave=False)
-    handle = model.register_forward_hook(lambda *_: bar.update(1))
+
+    def tick(*_) -> None:  # returns None: a forward hook's return value replaces the output
+        bar.update(1)
+
+    handle = model.register_forward_hook(tick)
     try:
         yield bar
     finally:
