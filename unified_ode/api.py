@@ -58,12 +58,13 @@ def _solver(solver, options: dict, own: DictConfig):
 
 @dataclass
 class Run:
-    """A trained run (or an exact field) loaded for use from Python.
+    """A trained run loaded for use from Python (see :func:`load_run`).
 
     ``config``: the run's composed training config (``config_resolved.yaml``, every
-    interpolation resolved; a run without it: its physics/network/dataset/solver); ``module``: the
-    :class:`~unified_ode.lit.module.GenerativeODE` in eval mode; ``datamodule``: the run's data;
-    ``checkpoint``: the file the weights came from; ``ema``: whether they are the EMA weights.
+    interpolation resolved; a run without that file: its physics/network/dataset/solver);
+    ``module``: the :class:`~unified_ode.lit.module.GenerativeODE` in eval mode;
+    ``datamodule``: the run's data; ``checkpoint``: the file the weights came from; ``ema``:
+    whether they are the EMA weights.
     """
 
     config: DictConfig
