@@ -148,6 +148,23 @@ def test_grid_tiles_are_square_for_square_images():
     assert tile.shape == (48, 48) and (tile == 0).all()
 
 
+def test_panels_put_equal_pixel_grids_side_by_side_under_titles():
+    from unified_ode.viz.images import grid_array, panels_array
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    b = rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    out = panels_array([("training", a), ("generated\nNFE 35", b)], nrow=2, gap=10,
+                       title_height=20)
+    grid = grid_array(a, nrow=2)  # 2 x 2 tiles of 48 x 48 (scale 6), pad 1
+    assert out.dtype == np.uint8 and out.shape == (40 + 99, 99 + 10 + 99, 3)
+    np.testing.assert_array_equal(out[40:, :99, 0], grid[:, :, 0])  # left panel, exact pixels
+    np.testing.assert_array_equal(out[40:, 109:, 0], grid_array(b, nrow=2)[:, :, 0])
+    tile = out[41:89, 110:158, 0]  # first generated tile: every source pixel a 6 x 6 block
+    np.testing.assert_array_equal(tile, np.kron(b[0, :, :, 0], np.ones((6, 6), np.uint8)))
+    assert (out[:40] < 128).any()  # the titles are drawn
+
+
 # --- the batched toy loader -----------------------------------------------------------------
 
 
