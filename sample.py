@@ -13,11 +13,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from unified_ode.app.resolvers import register_resolvers
 from unified_ode.errors import friendly_errors
+
+register_resolvers()  # cheap (OmegaConf only): --help and --cfg job need no torch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
+    # torch and Lightning are imported here, so that --help and --cfg job answer at once
     from unified_ode.app.claims import discard_unused_run_dir
     from unified_ode.app.sample import run_task
 
@@ -46,7 +50,4 @@ if __name__ == "__main__":
     from unified_ode.app.schema import validate_sample
 
     sys.argv = run_preflight("sample.py", "sample", sys.argv, validate_sample)
-    from unified_ode.app.sample import register_resolvers  # torch and friends: after the check
-
-    register_resolvers()
     main()

@@ -8,12 +8,16 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from unified_ode.app.resolvers import register_resolvers
 from unified_ode.errors import friendly_errors
+
+register_resolvers()  # cheap (OmegaConf only): --help and --cfg job need no torch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the primary sample metric (sw@<n> or fid@<n>; lower is better) for sweepers."""
+    """Returns the primary sample metric (lower is better) for sweepers."""
+    # torch and Lightning are imported here, so that --help and --cfg job answer at once
     from unified_ode.app.train import run_training
 
     with friendly_errors("train.py"):

@@ -122,7 +122,9 @@ def test_coupling_independent_retrains_the_old_run_bit_for_bit(tmp_path: Path):
 
     _, overrides = load_run_config(FIXTURES / "linear")
     run = tmp_path / "retrain"
-    run_script("train.py", f"hydra.run.dir={run}", *overrides, "coupling=independent")
+    # the old defaults that have changed since: learning rate 2e-3, warm-up 100 steps
+    run_script("train.py", f"hydra.run.dir={run}", *overrides, "coupling=independent",
+               "optim.lr=2e-3", "lr_warmup_steps=100")
     old = read_checkpoint(FIXTURES / "linear" / "checkpoints" / "last.ckpt")["state_dict"]
     new = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert old.keys() == new.keys()

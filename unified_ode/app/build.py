@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from unified_ode.errors import UserError
-from unified_ode.lit.module import GenerativeODE
 from unified_ode.networks.precond import Preconditioned
+
+if TYPE_CHECKING:
+    from unified_ode.lit.module import GenerativeODE
 
 
 def build_datamodule(cfg: DictConfig):
@@ -57,6 +60,8 @@ def build_model(cfg: DictConfig, parametrisation, datamodule):
 
 def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, object]:
     """``(module, datamodule)`` for a training or sampling config."""
+    from unified_ode.lit.module import GenerativeODE  # Lightning: imported when first needed
+
     datamodule = datamodule or build_datamodule(cfg)
     field = build_field(cfg)
     objective, parametrisation = build_objective(cfg, field)

@@ -6,7 +6,6 @@ import importlib
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from unified_ode.app.build import build_module, is_exact
+from unified_ode.app.resolvers import register_resolvers, sample_dir  # noqa: F401 (re-exported)
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
@@ -25,21 +25,10 @@ from unified_ode.viz.points import plot_points_with_trajectories
 #: Config groups that define the model; with ``run=...`` they come from the run.
 MODEL_GROUPS = ("objective", "physics", "network", "dataset", "solver")
 SAMPLES_FILE = "samples.npz"
-
-
-def sample_dir(out_dir, run) -> str:
-    """Hydra resolver ``uode_sample_dir``: where a sampling job writes (a new directory)."""
-    if out_dir:
-        return str(out_dir)
-    stamp = datetime.now()
-    if run and Path(str(run)).is_dir():  # a mistyped run dir is reported, never created
-        return str(Path(str(run)) / "samples" / stamp.strftime("%Y-%m-%d_%H-%M-%S"))
-    return str(Path("samples") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S"))
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("uode_sample_dir"):
-        OmegaConf.register_new_resolver("uode_sample_dir", sample_dir, use_cache=True)
+#: ``export=``: extra outputs of ``task=sample`` (None: samples.npz and the figure only).
+EXPORTS = (None, "png")
+#: ``export=png``: the folder (beside samples.npz) of one PNG per image.
+PNG_DIR = "samples_png"
 
 
 def _override_root(override: str) -> str:
@@ -126,35 +115,67 @@ def run_task(cfg: DictConfig, user_overrides: list[str], out_dir: str | Path) ->
     return getattr(importlib.import_module(module_name), func)(cfg, loaded, out_dir)
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a sampling job with ``seed``: each batch can be redone
+    alone, and batch 0 of one seed is not batch 1 of another."""
+    return int(seed) * 100_003 + int(index)
+
+
+def generate(module, solver, n: int, *, batch_size: int, seed: int, temperature: float = 1.0,
+             record_every: int = 0, progress: bool = True):
+    """``n`` samples from ``module`` with ``solver`` in batches of ``batch_size``; batch ``i``
+    draws its prior states from seed :func:`batch_seed` ``(seed, i)``, scaled by
+    ``temperature``. The first batch records every ``record_every``-th state (0: none).
+
+    Returns ``(samples, nfes, first)``: samples ``(n, *data_shape)`` float32 on the CPU, the
+    NFE of each batch, and the first batch's :class:`~unified_ode.solvers.SolveResult` (its
+    trajectory for figures). Progress: a bar over batches, or, for one batch, over the
+    solver's steps.
+    """
+    if int(n) < 1 or int(batch_size) < 1:
+        raise UserError(f"n and batch_size must be positive, got n={n}, "
+                        f"batch_size={batch_size}")
+    n, batch_size = int(n), int(batch_size)
+    starts = range(0, n, batch_size)
+    chunks, nfes, first = [], [], None
+    per_step = progress and len(starts) == 1
+    for i, lo in enumerate(tqdm(starts, desc="sampling", unit="batch",
+                                disable=not progress or per_step)):
+        g = torch.Generator().manual_seed(batch_seed(seed, i))
+        x_T = temperature * module.sample_prior(min(batch_size, n - lo), generator=g)
+        result = module.sample(x_T=x_T, solver=solver,
+                               record_every=int(record_every) if i == 0 else 0,
+                               progress=per_step)
+        first = first or result
+        chunks.append(result.x.cpu())
+        nfes.append(result.nfe)
+    return torch.cat(chunks), nfes, first
+
+
 def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     """``task=sample``: ``n`` samples in batches, ``samples.npz`` + info + figure."""
-    if int(cfg.n) < 1 or int(cfg.batch_size) < 1:
-        raise UserError(f"n and batch_size must be positive, got n={cfg.n}, "
-                        f"batch_size={cfg.batch_size}")
     module, datamodule, mcfg, ckpt = (loaded.module, loaded.datamodule, loaded.config,
                                       loaded.checkpoint)
     solver = instantiate(mcfg.solver)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     n, bs, seed = int(cfg.n), int(cfg.batch_size), int(cfg.seed)
     temperature = float(cfg.get("temperature", 1.0))
     if not temperature > 0:
         raise UserError(f"temperature must be positive, got {temperature}")
     images = getattr(datamodule, "kind", None) == "images"
-    chunks, nfes, first = [], [], None
+    export = cfg.get("export")
+    export = str(export).lower() if export is not None else None
+    if export not in EXPORTS:
+        raise UserError(f"export={export!r}; choose one of "
+                        f"{', '.join(str(e).lower() for e in EXPORTS)}")
+    if export == "png" and not images:
+        raise UserError("export=png writes one PNG per image, but this data set holds points: "
+                        f"they are in {SAMPLES_FILE} (array 'samples'). Drop export=png.")
     start = time.perf_counter()
-    starts = range(0, n, bs)
-    for i, lo in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)):
-        g = torch.Generator().manual_seed(seed * 100_003 + i)
-        x_T = temperature * module.sample_prior(min(bs, n - lo), generator=g)
-        record = int(cfg.record_every) if i == 0 and not images else 0
-        result = module.sample(x_T=x_T, solver=solver, record_every=record,
-                               progress=len(starts) == 1)
-        first = first or result
-        chunks.append(result.x.cpu())
-        nfes.append(result.nfe)
+    samples, nfes, first = generate(module, solver, n, batch_size=bs, seed=seed,
+                                    temperature=temperature,
+                                    record_every=0 if images else int(cfg.record_every))
     seconds = time.perf_counter() - start
-    samples = torch.cat(chunks)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # images as uint8 NHWC, the layout FID tools read
     stored = to_uint8_nhwc(samples) if images else samples.numpy()
@@ -170,6 +191,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))
     figure = None
     if getattr(datamodule, "kind", None) == "points":
+        from unified_ode.viz.points import plot_points_with_trajectories  # matplotlib
+
         figure = plot_points_with_trajectories(
             out_dir / "samples.png", datamodule.heldout(min(n, 5000)), samples,
             first.trajectory, first.trajectory_times,
@@ -183,8 +206,26 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     print(f"NFE: {nfe_text}")
     print(f"wall time: {seconds:.3f} s for {n} samples ({len(nfes)} batch(es)), "
           f"{'EMA' if loaded.ema else 'raw'} weights")
+    if export == "png":
+        folder = export_png(out_dir / PNG_DIR, stored)
+        figure = f"{figure}, {len(stored)} PNGs in {folder}"
     print(f"wrote {out_dir / SAMPLES_FILE}" + (f" and {figure}" if figure else ""))
     return {"out_dir": str(out_dir), "nfe": nfes, "seconds": seconds, "samples": samples}
+
+
+def export_png(folder: Path, images: np.ndarray) -> Path:
+    """Write ``images`` ``(N, H, W, C)`` uint8 as ``folder/000000.png`` ... (grey for C = 1,
+    RGB for C = 3), exactly the pixels of ``samples.npz``: what external FID tools read."""
+    from unified_ode.viz.images import save_png
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} already holds files; refusing to overwrite them. Pass "
+                        "out_dir=<a new directory>.")
+    width = max(6, len(str(len(images) - 1)))
+    for i, image in enumerate(tqdm(images, desc="export png", unit="img", leave=False)):
+        save_png(folder / f"{i:0{width}d}.png", image)
+    return folder
 
 
 def polar_interpolation(x0: torch.Tensor, x1: torch.Tensor, steps: int) -> torch.Tensor:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from unified_ode.app.build import build_callbacks, build_loggers, build_module, is_exact
@@ -56,6 +54,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     resume_step = None
     if ckpt_path is not None:  # a clear error for a file that is not a safe checkpoint
         resume_step = int(read_checkpoint(ckpt_path).get("global_step", 0))
+    import lightning as L  # here, not at the top: `import unified_ode.app.train` stays cheap
+    import torch
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module, datamodule = build_module(cfg)
     if cfg.get("compile", False):
@@ -68,6 +71,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     print(f"run directory: {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""))
     print(f"physics={module.field.name} ({module.field.describe()}), "
           f"network: {module.num_parameters():,} parameters, data shape {datamodule.data_shape}")
+    from lightning.pytorch.loggers import CSVLogger
+
     from unified_ode.lit.checkpoint import AtomicCheckpointIO
 
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg),

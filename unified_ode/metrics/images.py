@@ -46,10 +46,18 @@ def reference_cache_path(cache_dir: str | Path, dataset: str, split: str, n: int
 
 @torch.no_grad()
 def extract_features(extractor: nn.Module, images: Tensor, batch_size: int = 256,
-                     device=None) -> Tensor:
-    """``(N, F)`` float64 features of ``images`` ``(N, C, H, W)``, on the CPU."""
+                     device=None, progress: bool = False) -> Tensor:
+    """``(N, F)`` float64 features of ``images`` ``(N, C, H, W)``, on the CPU; ``progress``:
+    a bar over images (the Inception network on a CPU takes minutes for a few thousand)."""
+    from tqdm.auto import tqdm
+
     device = device or next(iter(extractor.parameters()), torch.empty(0)).device
-    out = [extractor(chunk.to(device)).double().cpu() for chunk in images.split(batch_size)]
+    out = []
+    with tqdm(total=len(images), desc="reference features", unit="img", disable=not progress,
+              leave=False) as bar:
+        for chunk in images.split(batch_size):
+            out.append(extractor(chunk.to(device)).double().cpu())
+            bar.update(len(chunk))
     return torch.cat(out)
 
 
@@ -65,7 +73,7 @@ def cached_reference_features(extractor: nn.Module, images: Tensor, *, dataset: 
     if verbose:
         print(f"computing reference features of {len(images)} {dataset}/{split} images with "
               f"{extractor.name} (cached in {path})", flush=True)
-    feats = extract_features(extractor, images, device=device)
+    feats = extract_features(extractor, images, batch_size=64, device=device, progress=verbose)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(feats, tmp)

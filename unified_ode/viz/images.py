@@ -63,3 +63,36 @@ def save_image_grid(path, images, nrow: int | None = None, scale: int | None = N
     ``(N, H, W, C)`` uint8 array."""
     arr = to_uint8_nhwc(images) if isinstance(images, torch.Tensor) else np.asarray(images)
     return save_png(path, grid_array(arr, nrow=nrow, scale=scale))
+
+
+def panels_array(panels, nrow: int | None = None, gap: int = 24, scale: int | None = None,
+                 title_height: int = 28) -> np.ndarray:
+    """Image grids side by side, each under its title -> one ``(H, W, 3)`` uint8 image.
+
+    ``panels``: ``[(title, images), ...]`` with ``images`` ``(N, H, W, C)`` uint8 (or
+    ``(N, C, H, W)`` tensors in ``[-1, 1]``). Every grid comes from :func:`grid_array` with one
+    integer scale for both axes, so square images stay square tiles (no resampling).
+    Titles may hold several lines (``\\n``).
+    """
+    from PIL import Image, ImageDraw
+
+    grids = []
+    for title, images in panels:
+        arr = to_uint8_nhwc(images) if isinstance(images, torch.Tensor) else np.asarray(images)
+        grid = grid_array(arr, nrow=nrow, scale=scale)
+        grids.append((str(title), np.repeat(grid, 3, axis=2) if grid.shape[2] == 1 else grid))
+    lines = max(t.count("\n") + 1 for t, _ in grids)
+    top = title_height * lines
+    height = top + max(g.shape[0] for _, g in grids)
+    width = sum(g.shape[1] for _, g in grids) + gap * (len(grids) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for title, grid in grids:
+        canvas.paste(Image.fromarray(grid), (left, top))
+        for k, line in enumerate(title.split("\n")):
+            w = draw.textlength(line)
+            draw.text((left + (grid.shape[1] - w) / 2, k * title_height + title_height / 3),
+                      line, fill=(0, 0, 0))
+        left += grid.shape[1] + gap
+    return np.asarray(canvas)
