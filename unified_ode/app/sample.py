@@ -20,7 +20,6 @@ from unified_ode.app.resolvers import register_resolvers, sample_dir  # noqa: F4
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
-from unified_ode.viz.points import plot_points_with_trajectories
 
 #: Config groups that define the model; with ``run=...`` they come from the run.
 MODEL_GROUPS = ("objective", "physics", "network", "dataset", "solver")
