@@ -44,6 +44,12 @@ class Objective(abc.ABC):
         """Pair data and noise with ``coupling`` (checked against the field in :meth:`bind`)."""
         self.coupling = coupling
 
+    def noisy_batch(self, field, y: Tensor, *, generator=None) -> tuple[Tensor, Tensor]:
+        """``(x, t)``: training times ``(B,)`` from the field's law and kernel samples
+        ``(B, *shape)`` of the clean batch ``y`` at them (:meth:`perturb`)."""
+        t = self.sample_time(field, y.shape[0], generator=generator, device=y.device).to(y.dtype)
+        return self.perturb(field, y, t, generator=generator), t
+
     def perturb(self, field, y: Tensor, t: Tensor, *, generator=None) -> Tensor:
         """Kernel samples ``x ~ p_t(· | y)`` ``(B, *shape)``: independent draws, or the noise
         draws re-paired with ``y`` by the coupling (cost: distance to the prior sample)."""

@@ -25,8 +25,7 @@ class DenoiserObjective(Objective):
     time_law_hint = "lognormal"
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
-        t = self.sample_time(field, y.shape[0], generator=generator, device=y.device).to(y.dtype)
-        x = self.perturb(field, y, t, generator=generator)
+        x, t = self.noisy_batch(field, y, generator=generator)
         prediction, coefficients = model(x, t, return_coefficients=True)
         weight = self.parametrisation.loss_weight(coefficients)
         return (weight * per_sample_mse(prediction, y)).mean()
@@ -40,7 +39,6 @@ class VelocityObjective(Objective):
     time_law_hint = "uniform"
 
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
-        t = self.sample_time(field, y.shape[0], generator=generator, device=y.device).to(y.dtype)
-        x = self.perturb(field, y, t, generator=generator)
+        x, t = self.noisy_batch(field, y, generator=generator)
         target = field.conditional_velocity(x, y, t)
         return per_sample_mse(model(x, t), target).mean()

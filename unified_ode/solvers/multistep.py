@@ -34,6 +34,18 @@ def _log(v: float) -> float:
     return math.log(v) if v > 0 else -math.inf
 
 
+def push_history(state: dict, lam: float, den, order: int) -> list:
+    """The step's ``(λ, D)`` history (newest last, at most ``order`` entries) kept in
+    ``state``; a point where ``λ`` is infinite (``a = 0``) starts a fresh one."""
+    history = state.setdefault("history", [])
+    if math.isfinite(lam):
+        history.append((lam, den))
+        del history[:-order]
+    else:
+        history.clear()
+    return history
+
+
 def schedule_arrays(schedule, times, state: dict) -> tuple[list, list, list]:
     """``a(t_i)``, ``s(t_i)`` and ``λ_i = log(a/s)`` (``+inf`` where ``s = 0``) over the grid, as
     float64 lists, computed once per solve and kept in ``state``."""
@@ -77,12 +89,7 @@ class DPMSolverPP(Solver):
         a, s, lam = schedule_arrays(flow.schedule, times, state)
         n = len(times) - 1
         den = flow.denoiser(x, state["t"][i])
-        history = state.setdefault("history", [])  # (lambda, D), newest last
-        if math.isfinite(lam[i]):
-            history.append((lam[i], den))
-            del history[:-self.order]
-        else:
-            history.clear()
+        history = push_history(state, lam[i], den, self.order)
         h = lam[i + 1] - lam[i]
         order = len(history) if math.isfinite(h) else 1
         if self.lower_order_final and n < LOWER_ORDER_FINAL_BELOW:

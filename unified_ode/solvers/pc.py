@@ -23,7 +23,11 @@ import math
 import torch
 
 from unified_ode.solvers.base import Solver
-from unified_ode.solvers.multistep import LOWER_ORDER_FINAL_BELOW, schedule_arrays
+from unified_ode.solvers.multistep import (
+    LOWER_ORDER_FINAL_BELOW,
+    push_history,
+    schedule_arrays,
+)
 
 
 def scaled_exp_moments(h: float, k: int) -> list[float]:
@@ -93,12 +97,7 @@ class ExpPC(Solver):
         den = state.pop("den", None)
         if den is None:
             den = flow.denoiser(x, state["t"][i])
-        history = state.setdefault("history", [])  # (lambda, D), newest last
-        if math.isfinite(lam[i]):
-            history.append((lam[i], den))
-            del history[:-self.order]
-        else:
-            history.clear()
+        history = push_history(state, lam[i], den, self.order)
         h = lam[i + 1] - lam[i]
         ratio, a1 = s[i + 1] / s[i], a[i + 1]
         if not math.isfinite(h) or not history:  # from a = 0: the exact first-order step
