@@ -88,9 +88,9 @@ class Run:
     def denoiser(self):
         """``D(x, t) -> E[y | x, t]`` for ``x`` ``(B, *data_shape)``, ``t`` a scalar or ``(B,)``
         tensor (affine fields; ``None`` for the others, which have no denoiser form)."""
-        from unified_ode.solvers import model_denoiser
-
-        return model_denoiser(self.module.field, self.module.model)
+        if not self.module.field.has_denoiser_form:
+            return None
+        return self.module.flow().denoiser
 
     @property
     def solver(self):
@@ -179,7 +179,7 @@ def sample(field, model, solver, n: int | None = None, *, x_T: torch.Tensor | No
     ``n`` prior draws (seed ``seed``) of shape ``data_shape`` (default: the exact model's
     data shape), or the prior states ``x_T`` ``(B, *data_shape)`` -> :class:`SolveResult`.
     """
-    from unified_ode.solvers import model_denoiser
+    from unified_ode.parametrisation import ProbabilityFlow, natural_parametrisation
 
     if x_T is None:
         if n is None:
@@ -191,11 +191,7 @@ def sample(field, model, solver, n: int | None = None, *, x_T: torch.Tensor | No
             data_shape = tuple(data.shape[1:])
         g = torch.Generator().manual_seed(int(seed))
         x_T = field.sample_prior(int(n), tuple(data_shape), generator=g, device=device)
-
-    def drift(x, t):
-        tb = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        return field.drift(x, tb, model(x, tb))
-
+    # what the model predicts: its own parametrisation, else the field's natural one
+    param = getattr(model, "parametrisation", None) or natural_parametrisation(field)
     with torch.no_grad():
-        return solver.solve(drift, x_T, solver.time_grid(field), field=field,
-                            denoiser=model_denoiser(field, model))
+        return solver.solve(ProbabilityFlow(param, model), x_T, solver.time_grid(field))
