@@ -17,7 +17,7 @@ API_DOC = ROOT / "docs" / "api.md"
 DOC_RUN = "outputs/2026-11-29/12-00-00"  # the placeholder path in docs/api.md
 TINY = ["trainer.max_steps=30", "dataset.n_train=1024", "dataset.n_heldout=256",
         "dataset.batch_size=128", "network.width=32", "network.depth=1", "solver.steps=4",
-        "callbacks.metrics.n_samples=128", "callbacks.metrics.every_n_steps=0",
+        "callbacks.metrics.n_samples=128", "trainer.val_check_interval=1000",
         "callbacks.figures.n_points=128", "callbacks.checkpoint.every_n_train_steps=0"]
 
 

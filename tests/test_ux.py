@@ -224,7 +224,7 @@ def test_gamma_sampler_draws_the_gamma_law(alpha):
 
 QUIET_TINY = ["trainer.max_steps=30", "dataset.n_train=4096", "dataset.batch_size=128",
               "network.width=32", "network.depth=1", "solver.steps=4",
-              "callbacks.metrics.n_samples=128", "callbacks.metrics.every_n_steps=0",
+              "callbacks.metrics.n_samples=128", "trainer.val_check_interval=1000",
               "callbacks.figures.n_points=128"]
 WARNING_TEXT = re.compile(r"warn|deprecat|tip:|litlogger|\.py:\d+: ", re.I)
 
