@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from unified_ode.app.build import build_module, is_exact
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
+from unified_ode.guidance import batch_labels, conditional_request, guidance_info
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
 from unified_ode.viz.points import plot_points_with_trajectories
 
@@ -137,6 +138,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     n, bs, seed = int(cfg.n), int(cfg.batch_size), int(cfg.seed)
+    labels, guidance = conditional_request(cfg, module)  # issue 16; checked before sampling
+    n = n if labels is None else len(labels)
     temperature = float(cfg.get("temperature", 1.0))
     if not temperature > 0:
         raise UserError(f"temperature must be positive, got {temperature}")
@@ -149,7 +152,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
         x_T = temperature * module.sample_prior(min(bs, n - lo), generator=g)
         record = int(cfg.record_every) if i == 0 and not images else 0
         result = module.sample(x_T=x_T, solver=solver, record_every=record,
-                               progress=len(starts) == 1)
+                               progress=len(starts) == 1, **batch_labels(labels, lo, bs,
+                                                                         guidance))
         first = first or result
         chunks.append(result.x.cpu())
         nfes.append(result.nfe)
@@ -159,13 +163,14 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     # images as uint8 NHWC, the layout FID tools read
     stored = to_uint8_nhwc(samples) if images else samples.numpy()
     np.savez(out_dir / SAMPLES_FILE, samples=stored, nfe=np.array(nfes),
-             times=first.times.numpy(), seed=seed, temperature=temperature)
+             times=first.times.numpy(), seed=seed, temperature=temperature,
+             **({} if labels is None else {"labels": labels.numpy()}))
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
             "temperature": temperature, "weights": "ema" if loaded.ema else "raw",
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
             "run": cfg.run, "field": module.field.describe(),
             "objective": module.objective.describe(), "solver": solver.describe(),
-            "grid": first.times.tolist()}
+            "grid": first.times.tolist(), **guidance_info(labels, guidance)}
     (out_dir / "sample_info.json").write_text(json.dumps(info, indent=2))
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))
     figure = None
