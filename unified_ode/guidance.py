@@ -197,5 +197,5 @@ def guidance_info(labels: Tensor | None, guidance: dict) -> dict:
             "nfe_counts": "network calls; with guidance each call is on the doubled batch"}
 
 
-__all__ = ["batch_labels", "conditional_request", "guidance_info", "GuidedModel", "check_request", "combine", "guided_flow", "label_info",
-           "requested_labels"]
+__all__ = ["GuidedModel", "batch_labels", "check_request", "combine", "conditional_request",
+           "guided_flow", "guidance_info", "label_info", "requested_labels"]

@@ -1,9 +1,11 @@
 """2-D toy distributions generated in code, as a LightningDataModule.
 
-Keys (with classes, for ``conditional=true``: :data:`TOY_LABELS`): ``checkerboard``, ``moons``, ``eight_gaussians``, ``swiss_roll``, ``circles``,
+Keys: ``checkerboard``, ``moons``, ``eight_gaussians``, ``swiss_roll``, ``circles``,
 ``pinwheel``. Every set is standardised to zero mean and unit standard deviation (over both
 coordinates), so ``sigma_data = 1`` for all of them and one network configuration fits all.
-The training and held-out sets come from independent seeds.
+The training and held-out sets come from independent seeds. With ``conditional=true`` the
+sets of :data:`TOY_LABELS` yield ``(x, label)`` batches (eight Gaussians: the mode; moons: the
+moon; checkerboard: the square).
 """
 
 from __future__ import annotations
