@@ -294,12 +294,15 @@ def test_conditional_exact_sampling_through_the_module():
 
 @pytest.mark.slow
 def test_train_and_sample_a_conditional_run(tmp_path):
-    """train.py with dataset.conditional=true, then sample.py class=/labels=/guidance=, and a
-    clear error before sampling for labels on an unconditional run."""
+    """train.py with dataset.conditional=true (conditional U-Net, the metrics callback samples
+    its null class), then sample.py labels=/guidance=, and a clear error before sampling for
+    a label outside the classes."""
     run = tmp_path / "run"
-    run_script("train.py", "dataset=digits", "dataset.conditional=true", "physics=ve",
-               "network.width=32", "network.depth=1", "trainer.max_steps=4",
-               "~callbacks.metrics", "callbacks.checkpoint.every_n_train_steps=2",
+    run_script("train.py", "experiment=digits_ve", "dataset.conditional=true",
+               "trainer.max_steps=2", "dataset.batch_size=16", "network.model_channels=8",
+               "network.num_blocks=1", "solver.steps=2", "callbacks.metrics.extractor=random",
+               "callbacks.metrics.n_samples=16", "callbacks.metrics.batch_size=16",
+               "callbacks.metrics.every_n_steps=0", "callbacks.figures.n_images=4",
                f"hydra.run.dir={run}")
     out = tmp_path / "s"
     run_script("sample.py", f"run={run}", "labels=[3,3,7]", "guidance=1.0", "solver.steps=3",
