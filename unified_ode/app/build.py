@@ -48,13 +48,22 @@ def build_model(cfg: DictConfig, parametrisation, datamodule):
     """The predictor ``model(x, t)``: the preconditioned network, or the exact posterior of the
     data module's training set when ``network=exact``; it predicts in ``parametrisation``."""
     field = parametrisation.field
+    conditional = bool(getattr(datamodule, "conditional", False))
     if cfg.network.get("_partial_", False):
         factory = instantiate(cfg.network)
         if not isinstance(factory, functools.partial):
             raise UserError("a network config with _partial_: true must name a factory")
+        if conditional:  # one exact posterior per class, plus all the data (issue 16)
+            from unified_ode.physics.conditional import ConditionalExactPosterior
+
+            return ConditionalExactPosterior(
+                field, datamodule.train_tensor(), datamodule.train_labels(),
+                num_classes=datamodule.num_classes, parametrisation=parametrisation,
+                **factory.keywords)
         return factory(field=field, data=datamodule.train_tensor(),
                        parametrisation=parametrisation)
-    net = instantiate(cfg.network, data_shape=list(datamodule.data_shape))
+    extra = {"num_classes": datamodule.num_classes} if conditional else {}
+    net = instantiate(cfg.network, data_shape=list(datamodule.data_shape), **extra)
     return Preconditioned(net, parametrisation, sigma_data=datamodule.sigma_data)
 
 

@@ -19,6 +19,7 @@ from unified_ode.app.build import build_module, is_exact
 from unified_ode.app.resolvers import register_resolvers, sample_dir  # noqa: F401 (re-exported)
 from unified_ode.app.runs import default_checkpoint, load_run_config, load_weights
 from unified_ode.errors import UserError
+from unified_ode.guidance import batch_labels, conditional_request, guidance_info
 from unified_ode.viz.images import save_image_grid, to_uint8_nhwc
 
 #: Config groups that define the model; with ``run=...`` they come from the run.
@@ -121,7 +122,7 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 def generate(module, solver, n: int, *, batch_size: int, seed: int, temperature: float = 1.0,
-             record_every: int = 0, progress: bool = True):
+             record_every: int = 0, progress: bool = True, batch_options=None):
     """``n`` samples from ``module`` with ``solver`` in batches of ``batch_size``; batch ``i``
     draws its prior states from seed :func:`batch_seed` ``(seed, i)``, scaled by
     ``temperature``. The first batch records every ``record_every``-th state (0: none).
@@ -129,7 +130,8 @@ def generate(module, solver, n: int, *, batch_size: int, seed: int, temperature:
     Returns ``(samples, nfes, first)``: samples ``(n, *data_shape)`` float32 on the CPU, the
     NFE of each batch, and the first batch's :class:`~unified_ode.solvers.SolveResult` (its
     trajectory for figures). Progress: a bar over batches, or, for one batch, over the
-    solver's steps.
+    solver's steps. ``batch_options(lo)``: extra keyword arguments of ``module.sample`` for the
+    batch starting at sample ``lo`` (labels and guidance of a conditional draw).
     """
     if int(n) < 1 or int(batch_size) < 1:
         raise UserError(f"n and batch_size must be positive, got n={n}, "
@@ -144,7 +146,7 @@ def generate(module, solver, n: int, *, batch_size: int, seed: int, temperature:
         x_T = temperature * module.sample_prior(min(batch_size, n - lo), generator=g)
         result = module.sample(x_T=x_T, solver=solver,
                                record_every=int(record_every) if i == 0 else 0,
-                               progress=per_step)
+                               progress=per_step, **(batch_options(lo) if batch_options else {}))
         first = first or result
         chunks.append(result.x.cpu())
         nfes.append(result.nfe)
@@ -157,6 +159,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
                                       loaded.checkpoint)
     solver = instantiate(mcfg.solver)
     n, bs, seed = int(cfg.n), int(cfg.batch_size), int(cfg.seed)
+    labels, guidance = conditional_request(cfg, module)  # issue 16; checked before sampling
+    n = n if labels is None else len(labels)
     temperature = float(cfg.get("temperature", 1.0))
     if not temperature > 0:
         raise UserError(f"temperature must be positive, got {temperature}")
@@ -172,20 +176,23 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     start = time.perf_counter()
     samples, nfes, first = generate(module, solver, n, batch_size=bs, seed=seed,
                                     temperature=temperature,
-                                    record_every=0 if images else int(cfg.record_every))
+                                    record_every=0 if images else int(cfg.record_every),
+                                    batch_options=lambda lo: batch_labels(labels, lo, bs,
+                                                                          guidance))
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # images as uint8 NHWC, the layout FID tools read
     stored = to_uint8_nhwc(samples) if images else samples.numpy()
     np.savez(out_dir / SAMPLES_FILE, samples=stored, nfe=np.array(nfes),
-             times=first.times.numpy(), seed=seed, temperature=temperature)
+             times=first.times.numpy(), seed=seed, temperature=temperature,
+             **({} if labels is None else {"labels": labels.numpy()}))
     info = {"n": n, "batch_size": bs, "seed": seed, "nfe_per_batch": nfes,
             "temperature": temperature, "weights": "ema" if loaded.ema else "raw",
             "wall_seconds": seconds, "checkpoint": str(ckpt) if ckpt else None,
             "run": cfg.run, "field": module.field.describe(),
             "objective": module.objective.describe(), "solver": solver.describe(),
-            "grid": first.times.tolist()}
+            "grid": first.times.tolist(), **guidance_info(labels, guidance)}
     (out_dir / "sample_info.json").write_text(json.dumps(info, indent=2))
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))
     figure = None

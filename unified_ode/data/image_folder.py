@@ -60,25 +60,42 @@ def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def folder_classes(path: Path, files: list[Path]) -> tuple[list[str], list[int]]:
+    """torchvision-style classes: the sorted names of ``path``'s sub-folders that hold images,
+    and each file's class index; a :class:`UserError` when a file lies directly in ``path``."""
+    top = [f.relative_to(path).parts for f in files]
+    loose = [f for f, parts in zip(files, top) if len(parts) < 2]
+    if loose:
+        raise UserError(f"dataset.conditional=true takes each image's class from its sub-folder "
+                        f"of {path.resolve()} (one sub-folder per class), but {loose[0]} and "
+                        f"{len(loose) - 1} other file(s) lie directly in it. Move them into "
+                        "class folders or set dataset.conditional=false.")
+    names = sorted({parts[0] for parts in top})
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index[parts[0]] for parts in top]
+
+
 class _Files(Dataset):
-    def __init__(self, files: list[Path], size: int, channels: int):
-        self.files, self.size, self.channels = files, size, channels
+    def __init__(self, files: list[Path], size: int, channels: int, labels=None):
+        self.files, self.size, self.channels, self.labels = files, size, channels, labels
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.files[i], self.size, self.channels)
+    def __getitem__(self, i: int):
+        image = load_image(self.files[i], self.size, self.channels)
+        return image if self.labels is None else (image, self.labels[i])
 
 
 class ImageFolderDataModule(ImageDataModule):
-    """Images from ``path``, ``channels × size × size``."""
+    """Images from ``path``, ``channels × size × size``; with ``conditional=true`` the class of
+    an image is its top-level sub-folder (sorted names -> ``0..num_classes-1``)."""
 
     def __init__(self, path: str = "data/images", size: int = 64, channels: int = 3,
                  batch_size: int = 64, hflip: bool = True, heldout_fraction: float = 0.02,
                  seed: int = 0, cache: bool = False, num_workers: int = 0,
-                 exact_max: int | None = 10_000):
-        super().__init__(batch_size, hflip, num_workers, exact_max)
+                 exact_max: int | None = 10_000, conditional: bool = False):
+        super().__init__(batch_size, hflip, num_workers, exact_max, conditional)
         if int(channels) not in (1, 3):
             raise UserError(f"dataset.channels must be 1 or 3, got {channels}")
         if int(size) < 4:
@@ -90,11 +107,27 @@ class ImageFolderDataModule(ImageDataModule):
         split_indices(1, self.heldout_fraction, 0)
         self.data_shape = (self.channels, self.size, self.size)
         self._files: tuple[list[Path], list[Path]] | None = None
+        self._classes: list[str] = []
+
+    def _check_labelled(self) -> None:
+        pass  # the classes are the sub-folders: checked when the folder is listed (_split)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class sub-folders (0 unless ``conditional``)."""
+        if not self.conditional:
+            return 0
+        self._split()
+        return len(self._classes)
 
     def _split(self) -> tuple[list[Path], list[Path]]:
         if self._files is None:
             files = list_images(self.path)
             tr, he = split_indices(len(files), self.heldout_fraction, self.seed)
+            if self.conditional:
+                self._classes, labels = folder_classes(self.path, files)
+                labels = torch.as_tensor(labels, dtype=torch.long)
+                self._labels = (labels[tr], labels[he])
             self._files = [files[i] for i in tr], [files[i] for i in he]
         return self._files
 
@@ -124,7 +157,9 @@ class ImageFolderDataModule(ImageDataModule):
         if self.cache:
             return super().train_dataloader()
         tr, _ = self._split()
-        return DataLoader(_Files(tr, self.size, self.channels), batch_size=self.batch_size,
+        labels = self._labels[0].tolist() if self.conditional else None
+        return DataLoader(_Files(tr, self.size, self.channels, labels),
+                          batch_size=self.batch_size,
                           shuffle=True, drop_last=len(tr) >= self.batch_size,
                           num_workers=self.num_workers,
                           collate_fn=ImageBatch(0.5 if self.hflip else 0.0),

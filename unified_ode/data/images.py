@@ -33,12 +33,17 @@ class ImageBatch:
     def __init__(self, flip_p: float):
         self.flip_p = float(flip_p)
 
-    def __call__(self, items) -> torch.Tensor:
+    def __call__(self, items):
+        """``(B, C, H, W)`` float32; ``(images, labels (B,) long)`` when every item is an
+        ``(image, label)`` pair (class-conditional data)."""
+        labelled = all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items)
         x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
         x = to_unit_range(x)
         if self.flip_p > 0:
             flip = torch.rand(x.shape[0]) < self.flip_p
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if labelled:
+            return x.contiguous(), torch.as_tensor([int(it[1]) for it in items])
         return x.contiguous()
 
 
@@ -75,14 +80,21 @@ class ImageDataModule(L.LightningDataModule):
     batch_size: training batch size. hflip: random horizontal flips during training.
     num_workers: DataLoader workers. exact_max: at most this many training images in
     :meth:`train_tensor` (the data of ``network=exact``); ``None`` for all.
+    conditional: batches are ``(images, labels)``; subclasses with labels set
+    :attr:`num_classes` and, in :meth:`_load`, ``self._labels = (train, heldout)`` (long).
     """
 
     kind = "images"
     sigma_data = 0.5
+    #: Classes of a labelled set (0: the set has no labels).
+    num_classes = 0
 
     def __init__(self, batch_size: int = 128, hflip: bool = False, num_workers: int = 0,
-                 exact_max: int | None = None):
+                 exact_max: int | None = None, conditional: bool = False):
         super().__init__()
+        self.conditional = bool(conditional)
+        self._labels: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._check_labelled()
         if int(batch_size) < 1:
             raise UserError(f"dataset.batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -96,6 +108,31 @@ class ImageDataModule(L.LightningDataModule):
     # subclasses -----------------------------------------------------------------------------
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def _check_labelled(self) -> None:
+        """A :class:`UserError` for ``conditional=true`` on a set without labels."""
+        if self.conditional and not self.num_classes:
+            raise UserError(f"dataset.conditional=true needs class labels, and "
+                            f"{type(self).__name__} has none; labelled image sets: digits, "
+                            "mnist, fashion_mnist, cifar10, image_folder (one sub-folder per "
+                            "class). Set dataset.conditional=false.")
+
+    # labels ----------------------------------------------------------------------------------
+    def _labels_or_error(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._ensure_loaded()
+        if self._labels is None:
+            raise UserError(f"{type(self).__name__} has no class labels")
+        return self._labels
+
+    def train_labels(self) -> torch.Tensor:
+        """Classes ``(N,)`` long of :meth:`train_tensor`'s images."""
+        train = self._labels_or_error()[0]
+        return train if self.exact_max is None else train[: self.exact_max]
+
+    def heldout_labels(self, n: int | None = None) -> torch.Tensor:
+        """Classes of :meth:`heldout`'s images."""
+        held = self._labels_or_error()[1]
+        return held if n is None else held[: int(n)]
 
     # loading ---------------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
@@ -134,7 +171,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._ensure_loaded()
-        ds: Dataset = TensorDataset(self._train)
+        extra = (self._labels_or_error()[0],) if self.conditional else ()
+        ds: Dataset = TensorDataset(self._train, *extra)
         drop_last = len(self._train) >= self.batch_size
         return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=drop_last,
                           num_workers=self.num_workers,
@@ -155,12 +193,15 @@ class DigitsDataModule(ImageDataModule):
     """scikit-learn's 8×8 handwritten digits (1,797 images, 1 channel, values 0–16, shipped with
     scikit-learn: no download). Pixels ``v`` map to ``v/8 − 1`` in ``[-1, 1]``.
 
-    ``heldout_fraction`` of the images (a fixed seeded split) are held out.
+    ``heldout_fraction`` of the images (a fixed seeded split) are held out. Labels: the digit.
     """
 
+    num_classes = 10
+
     def __init__(self, batch_size: int = 128, hflip: bool = False, heldout_fraction: float = 0.1,
-                 seed: int = 0, num_workers: int = 0, exact_max: int | None = None):
-        super().__init__(batch_size, hflip, num_workers, exact_max)
+                 seed: int = 0, num_workers: int = 0, exact_max: int | None = None,
+                 conditional: bool = False):
+        super().__init__(batch_size, hflip, num_workers, exact_max, conditional)
         self.heldout_fraction = float(heldout_fraction)
         self.seed = int(seed)
         split_indices(1, self.heldout_fraction, 0)  # validate now
@@ -169,8 +210,11 @@ class DigitsDataModule(ImageDataModule):
     def _load(self):
         from sklearn.datasets import load_digits
 
-        images = torch.from_numpy(load_digits().images.astype(np.float32))[:, None] / 8.0 - 1.0
+        digits = load_digits()
+        images = torch.from_numpy(digits.images.astype(np.float32))[:, None] / 8.0 - 1.0
+        labels = torch.from_numpy(digits.target.astype(np.int64))
         tr, he = split_indices(len(images), self.heldout_fraction, self.seed)
+        self._labels = (labels[tr], labels[he])
         return images[tr], images[he]
 
 
@@ -182,8 +226,8 @@ class FacesDataModule(ImageDataModule):
 
     def __init__(self, size: int = 32, batch_size: int = 64, hflip: bool = True,
                  heldout_fraction: float = 0.1, seed: int = 0, num_workers: int = 0,
-                 exact_max: int | None = None):
-        super().__init__(batch_size, hflip, num_workers, exact_max)
+                 exact_max: int | None = None, conditional: bool = False):
+        super().__init__(batch_size, hflip, num_workers, exact_max, conditional)
         if int(size) < 4:
             raise UserError(f"dataset.size must be at least 4, got {size}")
         self.size = int(size)

@@ -55,11 +55,12 @@ class _MNISTLike(ImageDataModule):
 
     folder_name = "MNIST"
     dataset_key = "mnist"
+    num_classes = 10
 
     def __init__(self, root: str = "data", download: bool = False, pad: int = 0,
                  batch_size: int = 128, hflip: bool = False, num_workers: int = 0,
-                 exact_max: int | None = 10_000):
-        super().__init__(batch_size, hflip, num_workers, exact_max)
+                 exact_max: int | None = 10_000, conditional: bool = False):
+        super().__init__(batch_size, hflip, num_workers, exact_max, conditional)
         self.root = Path(str(root)).expanduser()
         self.download = bool(download)
         self.pad = int(pad)
@@ -94,8 +95,10 @@ class _MNISTLike(ImageDataModule):
                 "(needs internet), or copy them there.")
         cls = self._tv_class()
         try:
-            train = cls(str(self.root), train=True, download=False).data
-            test = cls(str(self.root), train=False, download=False).data
+            train_set = cls(str(self.root), train=True, download=False)
+            test_set = cls(str(self.root), train=False, download=False)
+            train, test = train_set.data, test_set.data
+            self._labels = (train_set.targets.long(), test_set.targets.long())
         except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
             raise UserError(f"dataset={self.dataset_key}: cannot read the IDX files in "
                             f"{self.raw_folder.resolve()} ({type(exc).__name__}: {exc}). Are "
@@ -143,6 +146,13 @@ class CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def read_cifar_labels(path: Path) -> np.ndarray:
+    """The ``labels`` ``(N,)`` int64 of one CIFAR-10 python batch."""
+    with open(path, "rb") as f:
+        entry = CifarUnpickler(f, encoding="latin1").load()
+    return np.asarray(entry["labels"], dtype=np.int64)
+
+
 def read_cifar_batch(path: Path) -> np.ndarray:
     """One CIFAR-10 python batch -> ``(N, 3, 32, 32)`` uint8, read with
     :class:`CifarUnpickler`."""
@@ -165,10 +175,13 @@ class CIFAR10DataModule(ImageDataModule):
     """CIFAR-10 (50,000 train / 10,000 held-out = the test batch), 3×32×32, flips on by default
     (as in every published CIFAR-10 recipe)."""
 
+    num_classes = 10
+
     def __init__(self, root: str = "data", download: bool = False,
                  verify_checksums: bool = False, batch_size: int = 128, hflip: bool = True,
-                 num_workers: int = 0, exact_max: int | None = 10_000):
-        super().__init__(batch_size, hflip, num_workers, exact_max)
+                 num_workers: int = 0, exact_max: int | None = 10_000,
+                 conditional: bool = False):
+        super().__init__(batch_size, hflip, num_workers, exact_max, conditional)
         self.root = Path(str(root)).expanduser()
         self.download = bool(download)
         self.verify_checksums = bool(verify_checksums)
@@ -213,6 +226,11 @@ class CIFAR10DataModule(ImageDataModule):
         try:
             train = np.concatenate([read_cifar_batch(self.folder / n) for n in CIFAR_TRAIN])
             test = read_cifar_batch(self.folder / "test_batch")
+            if self.conditional:
+                self._labels = (
+                    torch.from_numpy(np.concatenate([read_cifar_labels(self.folder / n)
+                                                     for n in CIFAR_TRAIN])),
+                    torch.from_numpy(read_cifar_labels(self.folder / "test_batch")))
         except (pickle.UnpicklingError, EOFError, KeyError) as exc:
             raise UserError(f"dataset=cifar10: cannot read the batches in "
                             f"{self.folder.resolve()} ({type(exc).__name__}: {exc}); are the "

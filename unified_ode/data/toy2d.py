@@ -3,7 +3,9 @@
 Keys: ``checkerboard``, ``moons``, ``eight_gaussians``, ``swiss_roll``, ``circles``,
 ``pinwheel``. Every set is standardised to zero mean and unit standard deviation (over both
 coordinates), so ``sigma_data = 1`` for all of them and one network configuration fits all.
-The training and held-out sets come from independent seeds.
+The training and held-out sets come from independent seeds. With ``conditional=true`` the
+sets of :data:`TOY_LABELS` yield ``(x, label)`` batches (eight Gaussians: the mode; moons: the
+moon; checkerboard: the square).
 """
 
 from __future__ import annotations
@@ -60,34 +62,66 @@ def _pinwheel(n, rng, arms=5):
 
 
 class BatchedTensorDataset(Dataset):
-    """Rows of one tensor ``(N, *shape)``, fetched a whole batch at a time.
+    """Rows of tensors ``(N, *shape_k)`` (points, and labels when conditional), fetched a whole
+    batch at a time.
 
     ``DataLoader`` hands ``__getitems__`` the batch's indices, so a batch is one indexing
-    operation ``data[indices]`` instead of ``batch_size`` item reads and a collate (measured:
-    the per-item path cost ~10% of a default training step). Items are 1-tuples, as with
+    operation per tensor instead of ``batch_size`` item reads and a collate (measured: the
+    per-item path cost ~10% of a default training step). Items are tuples, as with
     ``TensorDataset``; use :func:`stack_rows` as the loader's ``collate_fn``.
     """
 
-    def __init__(self, data: torch.Tensor):
-        self.data = data
+    def __init__(self, *tensors: torch.Tensor):
+        if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
+            raise ValueError("BatchedTensorDataset needs tensors with the same number of rows")
+        self.tensors = tensors
 
     def __len__(self) -> int:
-        return self.data.shape[0]
+        return self.tensors[0].shape[0]
 
     def __getitem__(self, index):
-        return (self.data[index],)
+        return tuple(t[index] for t in self.tensors)
 
     def __getitems__(self, indices: list[int]):
-        return (self.data[torch.as_tensor(indices, dtype=torch.long)],)
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
 
 
 def stack_rows(batch):
     """``collate_fn`` for :class:`BatchedTensorDataset`: the batch arrives already stacked
-    (``(data[indices],)`` from ``__getitems__``); a list of single items (another fetcher)
-    is stacked here."""
+    (a tuple of ``t[indices]`` from ``__getitems__``); a list of single items (another
+    fetcher) is stacked here."""
     if isinstance(batch, tuple):
         return list(batch)
-    return [torch.stack([item[0] for item in batch])]
+    return [torch.stack(column) for column in zip(*batch)]
+
+
+def _checkerboard_labels(raw):
+    """The square: column ``c = floor(x1) + 2`` and pair ``k`` of the row ``2k + c mod 2``
+    -> ``2c + k`` in ``0..7`` (exact: read off the raw coordinates)."""
+    col = np.floor(raw[:, 0]).astype(np.int64) + 2
+    row = np.floor(raw[:, 1]).astype(np.int64) + 2
+    return 2 * col + (row - col % 2) // 2
+
+
+def _moons_labels(raw):
+    """The moon: the generator's first ``n // 2`` points are the upper moon (0)."""
+    return (np.arange(len(raw)) >= len(raw) // 2).astype(np.int64)
+
+
+def _eight_gaussians_labels(raw):
+    """The mode: nearest centre angle (the modes' noise is 0.1 at radius 2, so a point is
+    nearer another mode's angle only beyond 7.6 standard deviations)."""
+    angle = np.arctan2(raw[:, 1], raw[:, 0])
+    return np.round(angle / (2 * math.pi / 8)).astype(np.int64) % 8
+
+
+#: The toy sets with classes: ``name -> (num_classes, labels of raw points)``.
+TOY_LABELS = {
+    "checkerboard": (8, _checkerboard_labels),
+    "moons": (2, _moons_labels),
+    "eight_gaussians": (8, _eight_gaussians_labels),
+}
 
 
 TOY_SETS = {
@@ -100,8 +134,9 @@ TOY_SETS = {
 }
 
 
-def toy_samples(name: str, n: int, seed: int) -> torch.Tensor:
-    """``n`` standardised points ``(n, 2)`` float32 of the toy set ``name``."""
+def toy_samples(name: str, n: int, seed: int, *, return_labels: bool = False):
+    """``n`` standardised points ``(n, 2)`` float32 of the toy set ``name``; with
+    ``return_labels``, also their classes ``(n,)`` long (:data:`TOY_LABELS`)."""
     if name not in TOY_SETS:
         raise UserError(f"unknown toy data set {name!r}. Choose dataset.name from: "
                         f"{', '.join(sorted(TOY_SETS))}")
@@ -110,7 +145,13 @@ def toy_samples(name: str, n: int, seed: int) -> torch.Tensor:
     # shares one affine map.
     ref = TOY_SETS[name](100_000, np.random.default_rng(12345))
     out = (raw - ref.mean(0)) / ref.std()
-    return torch.from_numpy(out.astype(np.float32))
+    points = torch.from_numpy(out.astype(np.float32))
+    if return_labels:
+        if name not in TOY_LABELS:
+            raise UserError(f"dataset.conditional=true needs labels, and the toy set {name!r} "
+                            f"has none; toy sets with classes: {', '.join(sorted(TOY_LABELS))}")
+        return points, torch.from_numpy(TOY_LABELS[name][1](raw))
+    return points
 
 
 class Toy2DDataModule(L.LightningDataModule):
@@ -121,16 +162,20 @@ class Toy2DDataModule(L.LightningDataModule):
     name: which toy set (see ``TOY_SETS``).
     n_train, n_heldout: sizes of the training set and the held-out set used by metrics.
     batch_size: training batch size. seed: seed of the training draw (held-out uses seed+1).
+    conditional: batches are ``(x, label)`` (sets in :data:`TOY_LABELS`; ``num_classes``).
     """
 
     kind = "points"
     sigma_data = 1.0
 
     def __init__(self, name: str = "checkerboard", n_train: int = 50_000,
-                 n_heldout: int = 5_000, batch_size: int = 512, seed: int = 0):
+                 n_heldout: int = 5_000, batch_size: int = 512, seed: int = 0,
+                 conditional: bool = False):
         super().__init__()
-        if name not in TOY_SETS:  # fail at construction, before any training starts
-            toy_samples(name, 1, seed)
+        if name not in TOY_SETS or conditional:  # fail at construction, before training
+            toy_samples(name, 1, seed, return_labels=bool(conditional))
+        self.conditional = bool(conditional)
+        self.num_classes = TOY_LABELS[name][0] if self.conditional else 0
         self.name = name
         self.n_train = int(n_train)
         self.n_heldout = int(n_heldout)
@@ -149,8 +194,19 @@ class Toy2DDataModule(L.LightningDataModule):
         """``(n, 2)`` held-out points, independent of the training set."""
         return toy_samples(self.name, n or self.n_heldout, self.seed + 1)
 
+    def train_labels(self) -> torch.Tensor:
+        """Classes ``(n_train,)`` long of :meth:`train_tensor` (conditional sets)."""
+        return toy_samples(self.name, self.n_train, self.seed, return_labels=True)[1]
+
+    def heldout_labels(self, n: int | None = None) -> torch.Tensor:
+        """Classes ``(n,)`` long of :meth:`heldout` (conditional sets)."""
+        return toy_samples(self.name, n or self.n_heldout, self.seed + 1, return_labels=True)[1]
+
     def train_dataloader(self):
-        return DataLoader(BatchedTensorDataset(self.train_tensor()), batch_size=self.batch_size,
+        """Batches of points ``[(B, 2)]``, or ``[(B, 2), (B,)]`` with the labels when
+        ``conditional``."""
+        tensors = (self.train_tensor(),) + ((self.train_labels(),) if self.conditional else ())
+        return DataLoader(BatchedTensorDataset(*tensors), batch_size=self.batch_size,
                           shuffle=True, drop_last=True, collate_fn=stack_rows, num_workers=0)
 
     def val_dataloader(self):

@@ -146,10 +146,18 @@ class GenerativeODE(L.LightningModule):
     @torch.no_grad()
     def sample(self, n: int | None = None, *, x_T: Tensor | None = None,
                solver: Solver | None = None, generator=None, ema: bool = True,
-               record_every: int = 0, callback=None, progress: bool = False) -> SolveResult:
+               record_every: int = 0, callback=None, progress: bool = False,
+               labels: Tensor | None = None, guidance: float = 0.0,
+               guidance_interval=None) -> SolveResult:
         """Integrate the generative ODE from prior states ``x_T`` (or ``n`` fresh ones), with
         the EMA weights when an EMA is attached and ``ema`` is true. ``record_every``,
-        ``callback``, ``progress``: see :meth:`unified_ode.solvers.Solver.solve`."""
+        ``callback``, ``progress``: see :meth:`unified_ode.solvers.Solver.solve`. ``labels``
+        ``(B,)``, ``guidance``, ``guidance_interval``: class-conditional, guided sampling
+        (:func:`unified_ode.guidance.guided_flow`; checked before any step)."""
+        from unified_ode.guidance import guided_flow
+
+        flow = self.flow() if labels is None and not guidance else guided_flow(
+            self.parametrisation, self.model, labels, guidance, guidance_interval)
         if x_T is None:
             if n is None:
                 raise ValueError("sample() needs n or x_T")
@@ -160,7 +168,7 @@ class GenerativeODE(L.LightningModule):
         try:
             with self.use_ema(ema):
                 times = solver.time_grid(self.field)
-                return solver.solve(self.flow(), x_T.to(self.device), times,
+                return solver.solve(flow, x_T.to(self.device), times,
                                     record_every=record_every, callback=callback,
                                     progress=progress)
         finally:
@@ -181,7 +189,9 @@ class GenerativeODE(L.LightningModule):
     # --- training ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         y = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = self.objective(self._train_model(), self.field, y)
+        labels = {"labels": batch[1]} if isinstance(batch, (list, tuple)) and len(batch) > 1 \
+            else {}  # class-conditional data: (x, label) batches
+        loss = self.objective(self._train_model(), self.field, y, **labels)
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,

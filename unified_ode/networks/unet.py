@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unified_ode.networks.labels import ClassEmbedding
 from unified_ode.networks.unet_layers import (
     AttentionBlock,
     GaussianFourierEmbedding,
@@ -55,7 +56,7 @@ ENCODERS = ("standard", "residual")
 
 
 class UNet(nn.Module):
-    """``F(x, c_noise)``: ``(B, C, H, W), (B,) -> (B, C, H, W)``.
+    """``F(x, c_noise, labels=None)``: ``(B, C, H, W), (B,) -> (B, C, H, W)``.
 
     Parameters
     ----------
@@ -71,13 +72,17 @@ class UNet(nn.Module):
     resample_filter: ``None`` (pool / nearest) or an even FIR filter such as ``[1, 3, 3, 1]``.
     encoder: ``"standard"`` or ``"residual"`` (NCSN++'s input pyramid, summed into each
         down-sampled level with ``1/√2``).
+    num_classes, p_uncond: class conditioning (:class:`~unified_ode.networks.labels.
+        ClassEmbedding`, added to the noise embedding before its MLP, as in EDM); 0/None:
+        unconditional, with the state_dict of an unconditional U-Net.
     """
 
     def __init__(self, data_shape, model_channels: int = 128,
                  channel_mult=(1, 2, 2, 2), num_blocks: int = 4, attn_resolutions=(16,),
                  dropout: float = 0.1, embedding: str = "positional",
                  fourier_scale: float = 16.0, resample_filter=None,
-                 encoder: str = "standard"):
+                 encoder: str = "standard", num_classes: int | None = None,
+                 p_uncond: float = 0.1):
         super().__init__()
         shape = tuple(int(s) for s in data_shape)
         if len(shape) != 3:
@@ -106,6 +111,10 @@ class UNet(nn.Module):
         else:
             self.embed = GaussianFourierEmbedding(2 * nf, scale=fourier_scale)
             embed_out = 2 * nf
+        self.num_classes = int(num_classes or 0)
+        self.p_uncond = float(p_uncond)
+        if self.num_classes:
+            self.class_embed = ClassEmbedding(self.num_classes, embed_out, self.p_uncond)
         self.embed_mlp = nn.Sequential(linear(embed_out, emb_dim), nn.SiLU(),
                                        linear(emb_dim, emb_dim))
 
@@ -153,10 +162,16 @@ class UNet(nn.Module):
         self.norm_out = Norm32(ch)
         self.conv_out = conv(ch, cin, zero=True)
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """``x`` ``(B, C, H, W)`` (unit scale), ``c_noise`` ``(B,)`` -> ``(B, C, H, W)`` in
-        ``x``'s dtype (also under autocast)."""
-        emb = self.embed_mlp(self.embed(c_noise.reshape(-1).expand(x.shape[0])))
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, C, H, W)`` (unit scale), ``c_noise`` ``(B,)``, ``labels`` ``(B,)`` long
+        (conditional nets; ``-1`` = no class) -> ``(B, C, H, W)`` in ``x``'s dtype (also
+        under autocast)."""
+        emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]))
+        if self.num_classes:
+            emb = emb + self.class_embed(labels, x.shape[0]).to(emb.dtype)
+        elif labels is not None:
+            raise ValueError("labels given to an unconditional U-Net (num_classes=0)")
+        emb = self.embed_mlp(emb)
         h = self.conv_in(x)
         hs = [h]
         pyramid = x if self.pyramid is not None else None

@@ -24,6 +24,12 @@ def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).flatten(1).pow(2).mean(1)
 
 
+def label_kwargs(labels: Tensor | None) -> dict:
+    """``{"labels": labels}`` for a class-conditional batch, ``{}`` otherwise (so an
+    unconditional model is called exactly as before)."""
+    return {} if labels is None else {"labels": labels}
+
+
 class Objective(abc.ABC):
     """A training loss for the parametrisation :attr:`parametrisation_class`.
 
@@ -85,8 +91,11 @@ class Objective(abc.ABC):
                                           law_hint=self.time_law_hint)
 
     @abc.abstractmethod
-    def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
-        """Scalar loss of ``model`` on the clean batch ``y`` ``(B, *shape)``."""
+    def __call__(self, model, field, y: Tensor, *, labels: Tensor | None = None,
+                 generator=None) -> Tensor:
+        """Scalar loss of ``model`` on the clean batch ``y`` ``(B, *shape)``; ``labels``
+        ``(B,)`` long: the batch's classes (class-conditional training, passed to
+        ``model(x, t, labels=...)``)."""
 
     def describe(self) -> dict:
         out = {"objective": self.name, **self.parametrisation_options()}

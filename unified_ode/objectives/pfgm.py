@@ -117,7 +117,13 @@ class PFGMNormalisedObjective(Objective):
         return normalised_poisson_field(x.to(e.dtype), t.to(e.dtype), mean_y,
                                         self.gamma).to(x.dtype)
 
-    def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
+    def __call__(self, model, field, y: Tensor, *, labels: Tensor | None = None,
+                 generator=None) -> Tensor:
+        if labels is not None:
+            raise UserError("objective=pfgm_normalised does not train class-conditional models "
+                            "(its targets come from an unlabelled reference batch); use "
+                            "objective=denoiser or objective=velocity with "
+                            "dataset.conditional=true")
         reference = self.reference(y)
         small = y[: self.small_batch]
         t = self.sample_time(field, small.shape[0], generator=generator, device=y.device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from unified_ode.objectives.base import Objective, per_sample_mse
+from unified_ode.objectives.base import Objective, label_kwargs, per_sample_mse
 from unified_ode.parametrisation import Denoiser, Velocity
 
 
@@ -24,9 +24,11 @@ class DenoiserObjective(Objective):
     name = Denoiser.name
     time_law_hint = "lognormal"
 
-    def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
+    def __call__(self, model, field, y: Tensor, *, labels: Tensor | None = None,
+                 generator=None) -> Tensor:
         x, t = self.noisy_batch(field, y, generator=generator)
-        prediction, coefficients = model(x, t, return_coefficients=True)
+        prediction, coefficients = model(x, t, **label_kwargs(labels),
+                                         return_coefficients=True)
         weight = self.parametrisation.loss_weight(coefficients)
         return (weight * per_sample_mse(prediction, y)).mean()
 
@@ -38,7 +40,8 @@ class VelocityObjective(Objective):
     name = Velocity.name
     time_law_hint = "uniform"
 
-    def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
+    def __call__(self, model, field, y: Tensor, *, labels: Tensor | None = None,
+                 generator=None) -> Tensor:
         x, t = self.noisy_batch(field, y, generator=generator)
         target = field.conditional_velocity(x, y, t)
-        return per_sample_mse(model(x, t), target).mean()
+        return per_sample_mse(model(x, t, **label_kwargs(labels)), target).mean()
