@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from unified_ode.physics.base import AffineField, Field
-from unified_ode.physics.posterior import StreamingSoftmax
+from unified_ode.physics.posterior import StreamingSoftmax, floor_weight
 
 #: Up to this many dimensions, isotropic affine fields take the direct-difference path: the
 #: differences ``x − a y`` per coordinate (as cheap as a matrix product of inner size ``d``),
@@ -347,6 +347,6 @@ class ExactPosterior(nn.Module):
         te = t.unsqueeze(1).expand(n, c).reshape(-1)
         v = self.field.conditional_velocity(xe, y.reshape(n * c, *x.shape[1:]), te)
         v = v.to(self.dtype).view(n, c, -1)
-        live = w > 2.0 * torch.finfo(self.dtype).tiny * math.e
+        live = w > 2.0 * floor_weight(self.dtype)
         v = torch.where(live[..., None], torch.nan_to_num(v), torch.zeros_like(v))
         return torch.einsum("nc,ncd->nd", w, v)
