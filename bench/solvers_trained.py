@@ -62,7 +62,7 @@ def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd) -> dict:
     if kd is not None:
         den = KDiffusionDenoiser(flow, module.field)
         for name, fn in PEERS.items():
-            z = getattr(kd, fn)(den, den.to_k(x_T, default[0]), den.sigmas(default),
+            z = getattr(kd, fn)(den, den.to_k(x_T, default[0]), den.sigmas(default).to(x_T),
                                 disable=True)
             out[name] = den.from_k(z, 0.0)
     return out
@@ -73,12 +73,14 @@ def bench_run(run: str, args, kd, log=print) -> dict:
     module.eval()
     scorer = SampleScorer(n_samples=args.n, batch_size=args.n, seed=0,
                           extractor=args.extractor, inception_score=False,
-                          kid_subset_size=min(1000, args.n))
+                          kid_subset_size=min(1000, args.n), cache_dir=args.cache_dir)
     scorer.prepare(datamodule)
-    results: dict = {"run": run, "field": module.field.name, "scores": {}, "fit_seconds": {}}
+    images = getattr(datamodule, "kind", None) == "images"
+    results: dict = {"run": run, "field": module.field.name, "scores": {}, "fit_seconds": {},
+                     "metrics": ["FID", "KID"] if images else ["SW", "MMD"]}
     grids = {}
     with module.use_ema(True):
-        for nfe in NFES:
+        for nfe in args.nfes:
             start = time.perf_counter()
             g = torch.Generator().manual_seed(10_000 + nfe)
             x_fit = module.sample_prior(args.fit_n, generator=g)
@@ -90,11 +92,12 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                 f"({results['fit_seconds'][nfe]:.1f} s)")
         for seed in range(args.seeds):
             x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
-            for nfe in NFES:
+            for nfe in args.nfes:
                 for method, x in samples_for(module, nfe, x_T, grids, kd).items():
                     m = scorer.score_samples(x.float())
-                    fid = next(v for k, v in m.items() if k.startswith("fid@"))
-                    kid = next(v for k, v in m.items() if k.startswith("kid@"))
+                    # images: FID, KID; point clouds (smoke runs): sliced Wasserstein, MMD
+                    fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
+                    kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
                     results["scores"].setdefault(method, {}).setdefault(str(nfe), []).append(
                         {"seed": seed, "fid": float(fid), "kid": float(kid)})
                     log(f"  seed {seed} NFE {nfe} {method}: FID {fid:.2f} KID {kid:.4f}")
@@ -102,8 +105,12 @@ def bench_run(run: str, args, kd, log=print) -> dict:
     return results
 
 
-def table(res: dict) -> list[str]:
-    lines = [f"### {res['field']} — `{res['run']}`", "",
+def table(res: dict, nfes=NFES) -> list[str]:
+    """Markdown rows of one run: mean (min–max) FID and mean KID per method and NFE (for point
+    clouds: sliced Wasserstein and MMD in those columns)."""
+    NFES = nfes  # noqa: N806
+    first, second = res["metrics"]
+    lines = [f"### {res['field']} — `{res['run']}` ({first}, {second})", "",
              "| method | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
              "|---|" + "---|" * len(NFES)]
 
@@ -111,7 +118,7 @@ def table(res: dict) -> list[str]:
         f = [v["fid"] for v in vals]
         k = [v["kid"] for v in vals]
         return (f"{sum(f) / len(f):.2f} ({min(f):.2f}–{max(f):.2f}); "
-                f"KID {sum(k) / len(k):.4f}")
+                f"{second} {sum(k) / len(k):.4f}")
 
     for method, by_nfe in res["scores"].items():
         lines.append(f"| {method} | " + " | ".join(cell(by_nfe[str(n)]) for n in NFES) + " |")
@@ -122,7 +129,7 @@ def table(res: dict) -> list[str]:
         ours = min(v for m, v in mean.items() if not m.startswith("k_"))
         peers = [v for m, v in mean.items() if m.startswith("k_")]
         ratios.append(f"{ours / min(peers):.2f}" if peers else "–")
-    lines += ["| **ratio ours/k (best mean FID)** | " + " | ".join(ratios) + " |", ""]
+    lines += [f"| **ratio ours/k (best mean {first})** | " + " | ".join(ratios) + " |", ""]
     return lines
 
 
@@ -136,6 +143,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fine-points", type=int, default=64)
     parser.add_argument("--extractor", default="inception", choices=("inception", "random"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", default=None, help="reference feature cache")
+    parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kd, reason = load_k_diffusion()
@@ -153,7 +162,7 @@ def main(argv=None) -> None:
           f"{args.seeds} sampling seed(s); the same prior draws for every method. "
           + (f"**k-diffusion not run: {reason}.**" if reason else ""), ""]
     for res in results:
-        md += table(res)
+        md += table(res, args.nfes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(md))
