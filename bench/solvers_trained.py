@@ -1,6 +1,6 @@
 """Solver benchmark, second table: FID/KID of *trained* models at few NFE, ours vs k-diffusion.
 
-    python bench/solvers_trained.py --runs <run dir> [<run dir> ...] [--out docs/solver_benchmark_trained]
+    python bench/solvers_trained.py --runs <run dir> [<run dir> ...] [--out <prefix>]
 
 For every run directory (e.g. digits models from ``python train.py experiment=digits_ve
 trainer.max_steps=2000``), with its EMA weights: at NFE 4, 5, 6, 8, 10 and for each sampling

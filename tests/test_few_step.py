@@ -128,7 +128,7 @@ def test_ipndm_bad_input_is_a_clear_error():
         IPNDM(steps=4, afs=True).solve(flow, x, field.default_grid(4))
 
 
-# --- UniPC -----------------------------------------------------------------------------------------
+# --- UniPC ---------------------------------------------------------------------------------------
 def test_phi_series_matches_its_definition_on_both_branches():
     """g_j = Σ_{n>j} (−h)^{n−j}/n!: g₁ = (1 − e^{−h} − h)/h, g₂ = g₁/(−h) − 1/2, on both sides
     of the series/recursion switch at h = 1."""

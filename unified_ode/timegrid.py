@@ -89,14 +89,15 @@ def load_grid_file(path) -> dict:
 
     p = Path(str(path))
     if not p.is_file():
-        raise GridFileError(f"solver.grid={path!r} is neither a grid kind ({', '.join(GRID_KINDS)}, "
-                         f"{OPTIMISED}) nor an existing grid file; write one with "
-                         "`python sample.py run=<dir> task=optimise_grid solver=<s> "
-                         "solver.steps=<N>`")
+        kinds = ", ".join((*GRID_KINDS, OPTIMISED))
+        raise GridFileError(f"solver.grid={path!r} is neither a grid kind ({kinds}) nor an "
+                            "existing grid file; write one with `python sample.py run=<dir> "
+                            "task=optimise_grid solver=<s> solver.steps=<N>`")
     try:
         info = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise GridFileError(f"solver.grid={path!r} is not a readable JSON grid file: {err}") from None
+        raise GridFileError(f"solver.grid={path!r} is not a readable JSON grid file: "
+                            f"{err}") from None
     missing = [k for k in _GRID_FILE_KEYS if not isinstance(info, dict) or k not in info]
     if missing or info.get("format") != GRID_FILE_FORMAT:
         raise GridFileError(f"solver.grid={path!r} is not a {GRID_FILE_FORMAT} grid file "

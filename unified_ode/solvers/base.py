@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from unified_ode.timegrid import (
-    GRID_KINDS,
     OPTIMISED,
     GridFileError,
     grid_from_file,
