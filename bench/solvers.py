@@ -245,8 +245,8 @@ def report(cases: list[Case], targets, command: str, skipped: dict, kd_reason, n
     # summary at NFE 10 and 20
     lines += ["## Best of ours vs best of k-diffusion", "",
               "`+gits`: on a GITS grid (`unified_ode/solvers/gits.py`) fitted with iPNDM's "
-              "first step on 128 other prior draws of the same exact field (its fitting time is "
-              "in the solver's time column). Target (issue 12): ratio ≤ 0.5 at NFE 5 and 10, "
+              "first step on other prior draws of the same exact field (128; `--quick`: 48; "
+              "its fitting time is in the solver's time column). Target (issue 12): ratio ≤ 0.5 at NFE 5 and 10, "
               "≤ 0.7 at NFE 20.", "",
               "| data | field | NFE | ours (best) | k-diffusion (best) | ratio | target met |",
               "|---|---|---|---|---|---|---|"]
