@@ -66,19 +66,20 @@ class _SharedCalls:
     def reset(self, start: Tensor) -> None:
         self.start, self.cache = start, {}
 
-    def _call(self, method: str, x: Tensor, t: Tensor) -> Tensor:
+    def _call(self, method, x: Tensor, t: Tensor) -> Tensor:
+        """``method(x, t)`` (a bound method of the flow), remembered when ``x`` is the start."""
         if x is not self.start:
-            return getattr(self.flow, method)(x, t)
-        key = (method, float(t))
+            return method(x, t)
+        key = (getattr(method, "__func__", method), float(t))
         if key not in self.cache:
-            self.cache[key] = getattr(self.flow, method)(x, t)
+            self.cache[key] = method(x, t)
         return self.cache[key]
 
     def drift(self, x, t):
-        return self._call("drift", x, t)
+        return self._call(self.flow.drift, x, t)
 
     def denoiser(self, x, t):
-        return self._call("denoiser", x, t)
+        return self._call(self.flow.denoiser, x, t)
 
     def last_step(self, x, t):
         return self.flow.last_step(x, t)
