@@ -16,20 +16,22 @@ Peers: ``k-diffusion``'s ``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m`` 
 ``sample_lms`` on the same denoiser and the same grids (``pip install -e .[bench]``). They are
 written for ``x = y + σ ε``; for ``a = 1, s = t`` fields that is the field itself
 (``σ = t``). For the other affine fields they run on ``z = x / a(t)`` with ``σ = s(t)/a(t)`` —
-in those variables every affine field's ODE is ``dz/dσ = (z − D)/σ`` — and are called only at
-the grid's σ values, which map back to the grid's times exactly. A field with ``a(t_max) = 0``
+in those variables every affine field's ODE is ``dz/dσ = (z − D)/σ`` — through
+:class:`unified_ode.interop.KDiffusionDenoiser`, at the grid's σ values (which map back to the
+grid's times to rounding). A field with ``a(t_max) = 0``
 (σ = ∞ at the prior, rectified flow) has no such form and runs without the peers.
 k-diffusion's ``sampling.py`` is loaded without its package ``__init__`` (which imports clip).
+
+Our solvers also run on GITS grids (``+gits`` rows, NFE ≤ 20), fitted per field, data set and
+NFE on other prior draws than the benchmark's (:mod:`unified_ode.solvers.gits`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+import math
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,14 +44,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unified_ode.data.toy2d import toy_samples  # noqa: E402
+from unified_ode.interop import KDiffusionDenoiser, load_k_diffusion  # noqa: E402
 from unified_ode.parametrisation import Denoiser, ProbabilityFlow  # noqa: E402
-from unified_ode.solvers import Dopri5, Euler  # noqa: E402
+from unified_ode.solvers import IPNDM, Dopri5, Euler  # noqa: E402
+from unified_ode.solvers.gits import optimise_grid  # noqa: E402
 
 F64 = torch.float64
 NFE_TARGETS = (5, 10, 20, 35, 50, 100)
 DOPRI_TOLS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 REF_TOL = 1e-8
 INVALID_EXAMPLES = {"invalid_power_law"}
+#: solvers also run on a GITS grid (one grid per field, data set and NFE, fitted with iPNDM's
+#: first-order step on other prior draws than the benchmark's), at NFE <= GITS_MAX_NFE
+GITS_SOLVERS = ("ipndm", "unipc", "dpmpp2m")
+GITS_MAX_NFE = 20
+#: issue 12's targets: our best error / k-diffusion's best, by NFE
+TARGET_RATIO = {5: 0.5, 10: 0.5, 20: 0.7}
 
 
 
@@ -112,47 +122,6 @@ def affine_fields(only: list[str] | None) -> tuple[dict, dict]:
     return fields, skipped
 
 
-# --- k-diffusion -------------------------------------------------------------------------------
-def load_k_diffusion():
-    """k-diffusion's ``sampling`` module without running its package ``__init__`` (which
-    imports clip); ``(module, None)`` or ``(None, reason)``."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None, "k-diffusion is not installed (pip install -e .[bench])"
-    if "k_diffusion" not in sys.modules:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["k_diffusion"] = pkg
-    try:
-        return importlib.import_module("k_diffusion.sampling"), None
-    except ImportError as err:
-        return None, f"k-diffusion's sampling.py does not import: {err}"
-
-
-class SigmaForm:
-    """The affine ODE in k-diffusion's variables: ``z = x / a(t)``, ``σ = s(t)/a(t)``, model
-    ``(z, σ) -> D(a z, t)``; called only at the grid's σ values, which map to grid times."""
-
-    def __init__(self, field, denoiser, times: torch.Tensor):
-        self.field, self.denoiser, self.times = field, denoiser, times
-        a, s = field.a(times), field.s(times)
-        self.a = a
-        self.sigmas = torch.where(times > 0, s / a.clamp_min(1e-300), torch.zeros_like(times))
-        self.calls = 0
-
-    def usable(self) -> bool:
-        return bool(torch.all(torch.isfinite(self.sigmas)) and torch.all(self.a > 0))
-
-    def __call__(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        s = float(sigma.reshape(-1)[0])
-        i = int(torch.argmin((self.sigmas - s).abs()))
-        if abs(float(self.sigmas[i]) - s) > 1e-9 * max(1.0, s):
-            raise RuntimeError(f"k-diffusion asked for sigma={s}, not on the grid")
-        t = self.times[i]
-        return self.denoiser(float(self.a[i]) * z, t.to(z.dtype))
-
-
 # --- one (field, data set) -----------------------------------------------------------------------
 @dataclass
 class Run:
@@ -179,7 +148,9 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
-def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -> Case:
+def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print,
+             gits_fit=(128, 64)) -> Case:
+    """Every solver on one exact field; ``gits_fit = (trajectories, fine points)``."""
     flow = ProbabilityFlow.exact(fld, data, Denoiser(fld))
 
     shape = tuple(data.shape[1:])
@@ -200,18 +171,33 @@ def run_case(fname, fld, dname, data, n_query, kd, targets, seed=0, log=print) -
             res = solver.solve(flow, x_T, solver.time_grid(fld))
             case.runs.append(Run(name, "ours", res.nfe, rms(res.x, ref.x),
                                  time.perf_counter() - start, target))
+        if target <= GITS_MAX_NFE:
+            start = time.perf_counter()
+            fit_solver = IPNDM(steps=target)
+            x_fit = fld.sample_prior(gits_fit[0], shape, dtype=F64,
+                                     generator=torch.Generator().manual_seed(seed + 1))
+            grid = optimise_grid(fit_solver, flow, fit_solver.time_grid(fld), x_fit,
+                                 fine_points=gits_fit[1], substeps=2).times
+            fit_seconds = time.perf_counter() - start
+            for name in GITS_SOLVERS:
+                solver = OURS[name](steps=target)
+                start = time.perf_counter()
+                res = solver.solve(flow, x_T, grid)
+                case.runs.append(Run(f"{name}+gits", "ours", res.nfe, rms(res.x, ref.x),
+                                     time.perf_counter() - start + fit_seconds, target))
         if kd is None:
             continue
         for name, (fn, steps_for) in PEERS.items():
             times = Euler(steps=steps_for(target)).time_grid(fld)
-            form = SigmaForm(fld, flow.denoiser, times)
-            if not form.usable():
+            denoiser = KDiffusionDenoiser(flow, fld)
+            if not math.isfinite(denoiser.sigma_max):
                 case.note = "no σ-form (a(t_max) = 0): k-diffusion not run"
                 continue
             start = time.perf_counter()
-            z = getattr(kd, fn)(form, x_T / float(form.a[0]), form.sigmas, disable=True)
-            x = float(fld.a(times[-1:])[0]) * z
-            case.runs.append(Run(name, "peer", form.calls, rms(x, ref.x),
+            z = getattr(kd, fn)(denoiser, denoiser.to_k(x_T, times[0]), denoiser.sigmas(times),
+                                disable=True)
+            x = denoiser.from_k(z, 0.0)
+            case.runs.append(Run(name, "peer", denoiser.calls, rms(x, ref.x),
                                  time.perf_counter() - start, target))
     for tol in DOPRI_TOLS:
         solver = Dopri5(steps=2, rtol=tol, atol=tol, time_variable="log")
@@ -258,17 +244,27 @@ def report(cases: list[Case], targets, command: str, skipped: dict, kd_reason, n
                   ""]
     # summary at NFE 10 and 20
     lines += ["## Best of ours vs best of k-diffusion", "",
-              "| data | field | NFE | ours (best) | k-diffusion (best) | ours ≤ peers |",
-              "|---|---|---|---|---|---|"]
+              "`+gits`: on a GITS grid (`unified_ode/solvers/gits.py`) fitted with iPNDM's "
+              "first step on other prior draws of the same exact field (128; `--quick`: 48; "
+              "its fitting time is in the solver's time column). Target (issue 12): ratio ≤ 0.5 at NFE 5 and 10, "
+              "≤ 0.7 at NFE 20.", "",
+              "| data | field | NFE | ours (best) | k-diffusion (best) | ratio | target met |",
+              "|---|---|---|---|---|---|---|"]
     for c in cases:
-        for target in (10, 20):
+        for target in (5, 10, 20):
             if target not in targets:
                 continue
             o, p = best(c, "ours", target), best(c, "peer", target)
-            verdict = "–" if p is None else ("yes" if o.err <= p.err else "**no**")
+            if p is None or p.err == 0:
+                ratio, verdict = "–", "–"
+            else:
+                r = o.err / p.err
+                ratio = f"{r:.2f}"
+                miss = r / TARGET_RATIO[target]
+                verdict = "yes" if miss <= 1 else f"**no** ({miss:.1f}× the target)"
             lines.append(f"| {c.data} | {c.field} | {target} | {o.solver} {fmt_err(o)} | "
                          + (f"{p.solver} {fmt_err(p)}" if p else c.note or "–")
-                         + f" | {verdict} |")
+                         + f" | {ratio} | {verdict} |")
     lines += [""]
     # detailed tables
     lines += ["## RMS error by solver and NFE budget", ""]
@@ -336,6 +332,7 @@ def main(argv=None) -> None:
 
     targets = (5, 10, 20) if args.quick else NFE_TARGETS
     n_query = {"toy": 100, "digits": 50} if args.quick else {"toy": 500, "digits": 200}
+    gits_fit = (48, 32) if args.quick else (128, 64)
     fields, skipped = affine_fields(args.fields)
     kd, kd_reason = load_k_diffusion()
     sets = datasets(args.quick)
@@ -346,7 +343,8 @@ def main(argv=None) -> None:
         nq = n_query["toy"] if data.shape[1] == 2 else n_query["digits"]
         for fname, fld in fields.items():
             print(f"{fname} — {dname}", flush=True)
-            cases.append(run_case(fname, fld, dname, data, nq, kd, targets))
+            cases.append(run_case(fname, fld, dname, data, nq, kd, targets,
+                                  gits_fit=gits_fit))
     seconds = time.perf_counter() - start
     md = report(cases, targets, command, skipped, kd_reason, n_query, seconds)
     out = Path(args.out)

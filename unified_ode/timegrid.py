@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from unified_ode.errors import UserError
+
 GRID_KINDS = ("edm", "log", "uniform")
 
 
@@ -49,3 +51,78 @@ def make_grid(kind: str, steps: int, t_min: float, t_max: float, *, rho: float =
         pts = _points(kind, t_min, t_max, steps, rho)
         return torch.cat([pts, torch.zeros(1, dtype=torch.float64)])
     return _points(kind, t_min, t_max, steps + 1, rho)
+
+
+# --- grid files (optimised grids) ------------------------------------------------------------
+#: ``solver.grid=optimised``: the grid fitted for this solver and step count in the run
+#: directory (resolved by the application, see :mod:`unified_ode.app.grid`).
+OPTIMISED = "optimised"
+GRID_FILE_FORMAT = "unified_ode.grid/1"
+_GRID_FILE_KEYS = ("format", "times", "solver", "steps", "final_step", "field")
+
+
+class GridFileError(UserError, ValueError):
+    """A grid file that is missing, unreadable, or fitted for another field/solver/steps
+    (a ``ValueError`` for library callers, a :class:`UserError` for the command line)."""
+
+
+def is_grid_file_option(grid) -> bool:
+    """True for a ``solver.grid`` value that names a grid file (not a kind, not ``null`` nor
+    ``optimised``)."""
+    return grid is not None and grid not in GRID_KINDS and grid != OPTIMISED
+
+
+def jsonable(value):
+    """``value`` as it reads back from JSON (tuples become lists, ...), for comparisons."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_grid_file(path) -> dict:
+    """Read and check a grid file written by ``sample.py task=optimise_grid``: a JSON object
+    with ``times`` (strictly decreasing, from ``t_max``), ``solver``, ``steps``,
+    ``final_step`` and ``field`` (the field's ``describe()``). Raises :class:`GridFileError`
+    saying what is wrong."""
+    import json
+    from pathlib import Path
+
+    p = Path(str(path))
+    if not p.is_file():
+        kinds = ", ".join((*GRID_KINDS, OPTIMISED))
+        raise GridFileError(f"solver.grid={path!r} is neither a grid kind ({kinds}) nor an "
+                            "existing grid file; write one with `python sample.py run=<dir> "
+                            "task=optimise_grid solver=<s> solver.steps=<N>`")
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise GridFileError(f"solver.grid={path!r} is not a readable JSON grid file: "
+                            f"{err}") from None
+    missing = [k for k in _GRID_FILE_KEYS if not isinstance(info, dict) or k not in info]
+    if missing or info.get("format") != GRID_FILE_FORMAT:
+        raise GridFileError(f"solver.grid={path!r} is not a {GRID_FILE_FORMAT} grid file "
+                         f"(missing {missing or 'the format tag'})")
+    times = torch.tensor(info["times"], dtype=torch.float64)
+    if times.ndim != 1 or len(times) < 2 or not bool(torch.all(times[1:] < times[:-1])):
+        raise GridFileError(f"grid file {path}: times must be a strictly decreasing list")
+    if len(times) != int(info["steps"]) + 1:
+        raise GridFileError(f"grid file {path}: {len(times)} times for steps={info['steps']}")
+    info["path"] = str(p)
+    return info
+
+
+def grid_from_file(info: dict, *, solver: str, steps: int, final_step: bool, field) -> Tensor:
+    """The grid of a loaded grid file, after checking that it was fitted for this solver, step
+    count, final step and field (``field.describe()``); :class:`GridFileError` otherwise."""
+    where = f"grid file {info['path']}"
+    wanted = {"solver": solver, "steps": int(steps), "final_step": bool(final_step)}
+    for key, value in wanted.items():
+        if info[key] != value:
+            raise GridFileError(f"{where} was fitted for {key}={info[key]}, not {key}={value}; "
+                             f"fit one with `sample.py task=optimise_grid solver={solver} "
+                             f"solver.steps={steps}` or pass the matching solver settings")
+    here = jsonable(field.describe())
+    if info["field"] != here:
+        raise GridFileError(f"{where} was fitted for the field {info['field']}, not {here}: a "
+                         "grid is specific to one field; fit one for this field")
+    return torch.tensor(info["times"], dtype=torch.float64)

@@ -66,6 +66,7 @@ TASKS = {
     "sample": "unified_ode.app.sample:sample_task",
     "likelihood": "unified_ode.app.likelihood:likelihood_task",
     "evaluate": "unified_ode.app.evaluate:evaluate_task",
+    "optimise_grid": "unified_ode.app.grid:optimise_grid_task",
 }
 
 
@@ -82,7 +83,9 @@ class Loaded:
 
 def load_model(cfg: DictConfig, user_overrides: list[str]) -> Loaded:
     """Build the module for ``cfg`` (a run, a checkpoint, or the exact field) and load weights."""
-    mcfg = model_config(cfg, user_overrides)
+    from unified_ode.app.grid import resolve_grid_option
+
+    mcfg = resolve_grid_option(model_config(cfg, user_overrides), cfg.run)
     ckpt = None
     if not is_exact(mcfg):
         if cfg.ckpt_path:

@@ -126,6 +126,14 @@ class GenerativeODE(L.LightningModule):
         """The generative ODE of the current weights, as solvers see it."""
         return ProbabilityFlow(self.parametrisation, self.model)
 
+    def as_k_diffusion(self):
+        """This model as a k-diffusion denoiser ``denoiser(z, sigma)`` (affine fields:
+        ``z = x/a``, ``σ = s/a``; see :mod:`unified_ode.interop`). It uses the current weights:
+        wrap calls in ``with module.use_ema():`` for the EMA weights."""
+        from unified_ode.interop import KDiffusionDenoiser
+
+        return KDiffusionDenoiser(self.flow(), self.field)
+
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``dx/dt`` at states ``x`` ``(B, *shape)`` and a scalar (or ``(B,)``) time ``t``."""
         return self.flow().drift(x, t)

@@ -12,10 +12,12 @@ from unified_ode.solvers.base import (
     SolveResult,
 )
 from unified_ode.solvers.fixed import RK4, Euler, Heun
+from unified_ode.solvers.ipndm import IPNDM
 from unified_ode.solvers.lms import AdamsBashforth
 from unified_ode.solvers.multistep import DPMSolverPP, DPMSolverPP2M, DPMSolverPP3M
 from unified_ode.solvers.pc import ExpPC
+from unified_ode.solvers.unipc import UniPC
 
 __all__ = ["RK4", "AdamsBashforth", "CountingFlow", "DPMSolverPP", "DPMSolverPP2M",
-           "DPMSolverPP3M", "Dopri5", "DriftFlow", "Euler", "ExpPC", "Flow", "Heun",
-           "NFELimitExceeded", "Schedule", "SolveResult", "Solver"]
+           "DPMSolverPP3M", "Dopri5", "DriftFlow", "Euler", "ExpPC", "Flow", "Heun", "IPNDM",
+           "NFELimitExceeded", "Schedule", "SolveResult", "Solver", "UniPC"]

@@ -28,7 +28,14 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from unified_ode.timegrid import GRID_KINDS, make_grid
+from unified_ode.timegrid import (
+    OPTIMISED,
+    GridFileError,
+    grid_from_file,
+    is_grid_file_option,
+    load_grid_file,
+    make_grid,
+)
 
 Drift = Callable[[Tensor, Tensor], Tensor]
 #: ``callback(i, x, t)``: called with the state after step ``i`` (``i = 0``: the start) and
@@ -202,7 +209,10 @@ class Solver:
     steps:
         Number of steps (intervals) of the grid.
     grid:
-        ``None`` for the field's default grid, or one of ``"edm"``, ``"log"``, ``"uniform"``.
+        ``None`` for the field's default grid, one of ``"edm"``, ``"log"``, ``"uniform"``,
+        or the path of a grid file (``sample.py task=optimise_grid``; checked against the
+        field, this solver and ``steps``). ``"optimised"`` stands for the run directory's
+        grid file and is replaced by its path by the application (:mod:`unified_ode.app.grid`).
     rho:
         Exponent of the ``"edm"`` grid.
     t_min, t_max:
@@ -223,9 +233,8 @@ class Solver:
                  final_step: bool = True):
         if int(steps) < 1:
             raise ValueError(f"solver.steps must be >= 1, got {steps}")
-        if grid is not None and grid not in GRID_KINDS:
-            raise ValueError(f"unknown solver.grid={grid!r}; choose null (the field's default) "
-                             f"or one of {list(GRID_KINDS)}")
+        #: the loaded grid file (``grid`` is a path), else None
+        self.grid_file = load_grid_file(grid) if is_grid_file_option(grid) else None
         self.steps = int(steps)
         self.grid = grid
         self.rho = float(rho)
@@ -253,6 +262,13 @@ class Solver:
     def time_grid(self, field) -> Tensor:
         """The ``(steps + 1,)`` float64 grid this solver uses with ``field`` (anything with
         ``t_min``, ``t_max`` and ``default_grid(steps, final_step=...)``)."""
+        if self.grid == OPTIMISED:
+            raise GridFileError("solver.grid=optimised reads the grid fitted in a run directory "
+                             "(sample.py run=<dir> solver.grid=optimised); without one, pass "
+                             "the grid file's path: solver.grid=<path/to/grid.json>")
+        if self.grid_file is not None:
+            return grid_from_file(self.grid_file, solver=self.name, steps=self.steps,
+                                  final_step=self.final_step, field=field)
         t_min = field.t_min if self.t_min is None else float(self.t_min)
         t_max = field.t_max if self.t_max is None else float(self.t_max)
         if self.grid is None and self.t_min is None and self.t_max is None:
@@ -325,6 +341,11 @@ class Solver:
 
     def describe(self) -> dict:
         """Facts written into outputs (``sample_info.json``) and logs."""
-        return {"solver": self.name, "steps": self.steps, "grid": self.grid or "field default",
-                "rho": self.rho, "t_min": self.t_min, "t_max": self.t_max,
-                "final_step": self.final_step}
+        out = {"solver": self.name, "steps": self.steps, "grid": self.grid or "field default",
+               "rho": self.rho, "t_min": self.t_min, "t_max": self.t_max,
+               "final_step": self.final_step}
+        if self.grid_file is not None:
+            out["grid_fit"] = {k: self.grid_file.get(k) for k in
+                               ("path", "minimised", "nfe", "cost", "default_cost",
+                                "trajectories", "fine_points", "created")}
+        return out

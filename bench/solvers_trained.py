@@ -1,0 +1,175 @@
+"""Solver benchmark, second table: FID/KID of *trained* models at few NFE, ours vs k-diffusion.
+
+    python bench/solvers_trained.py --runs <run dir> [<run dir> ...] [--out <prefix>]
+
+For every run directory (e.g. digits models from ``python train.py experiment=digits_ve
+trainer.max_steps=2000``), with its EMA weights: at NFE 4, 5, 6, 8, 10 and for each sampling
+seed, the same ``--n`` prior draws are integrated by
+
+* ours: ``ipndm`` and ``unipc`` on a GITS grid fitted for that NFE on the model's own
+  trajectories (``--fit-n`` other prior draws; :mod:`unified_ode.solvers.gits`), and ``ipndm``
+  on the field's default grid;
+* k-diffusion: ``sample_dpmpp_2m`` and ``sample_lms`` (its best samplers at these NFE on the
+  exact-field table) on the field's default grid, through
+  :class:`unified_ode.interop.KDiffusionDenoiser` (same checkpoint, same noise);
+
+and scored by :class:`unified_ode.metrics.scoring.SampleScorer` (FID and KID against the training
+images, Inception features; ``--extractor random`` for a quick smoke run). The table shows the
+mean and spread (min–max) over seeds and the ratio of our best mean FID to k-diffusion's best.
+Target (issue 12): ratio ≤ 0.8 at NFE 5 and 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from unified_ode.app.sample import load_model  # noqa: E402
+from unified_ode.interop import KDiffusionDenoiser, load_k_diffusion  # noqa: E402
+from unified_ode.metrics.scoring import SampleScorer  # noqa: E402
+from unified_ode.solvers import IPNDM, UniPC  # noqa: E402
+from unified_ode.solvers.gits import optimise_grid  # noqa: E402
+
+NFES = (4, 5, 6, 8, 10)
+PEERS = {"k_dpmpp_2m": "sample_dpmpp_2m", "k_lms": "sample_lms"}
+
+
+def load(run: str):
+    cfg = OmegaConf.create({"run": run, "ckpt_path": None, "ema": True})
+    loaded = load_model(cfg, [])
+    return loaded.module, loaded.datamodule
+
+
+@torch.no_grad()
+def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd) -> dict:
+    """``{method: samples}`` at one NFE from the prior draws ``x_T``."""
+    flow = module.flow()
+    out = {}
+    default = IPNDM(steps=nfe).time_grid(module.field)
+    out["ipndm"] = IPNDM(steps=nfe).solve(flow, x_T, default).x
+    out["ipndm+gits"] = IPNDM(steps=nfe).solve(flow, x_T, grids[nfe]).x
+    out["unipc+gits"] = UniPC(steps=nfe).solve(flow, x_T, grids[nfe]).x
+    if kd is not None:
+        den = KDiffusionDenoiser(flow, module.field)
+        for name, fn in PEERS.items():
+            z = getattr(kd, fn)(den, den.to_k(x_T, default[0]), den.sigmas(default).to(x_T),
+                                disable=True)
+            out[name] = den.from_k(z, 0.0)
+    return out
+
+
+def bench_run(run: str, args, kd, log=print) -> dict:
+    module, datamodule = load(run)
+    module.eval()
+    scorer = SampleScorer(n_samples=args.n, batch_size=args.n, seed=0,
+                          extractor=args.extractor, inception_score=False,
+                          kid_subset_size=min(1000, args.n), cache_dir=args.cache_dir)
+    scorer.prepare(datamodule)
+    images = getattr(datamodule, "kind", None) == "images"
+    results: dict = {"run": run, "field": module.field.name, "scores": {}, "fit_seconds": {},
+                     "metrics": ["FID", "KID"] if images else ["SW", "MMD"]}
+    grids = {}
+    with module.use_ema(True):
+        for nfe in args.nfes:
+            start = time.perf_counter()
+            g = torch.Generator().manual_seed(10_000 + nfe)
+            x_fit = module.sample_prior(args.fit_n, generator=g)
+            solver = IPNDM(steps=nfe)
+            grids[nfe] = optimise_grid(solver, module.flow(), solver.time_grid(module.field),
+                                       x_fit, fine_points=args.fine_points, substeps=2).times
+            results["fit_seconds"][nfe] = time.perf_counter() - start
+            log(f"  GITS grid NFE {nfe}: {[round(t, 4) for t in grids[nfe].tolist()]} "
+                f"({results['fit_seconds'][nfe]:.1f} s)")
+        for seed in range(args.seeds):
+            x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
+            for nfe in args.nfes:
+                for method, x in samples_for(module, nfe, x_T, grids, kd).items():
+                    m = scorer.score_samples(x.float())
+                    # images: FID, KID; point clouds (smoke runs): sliced Wasserstein, MMD
+                    fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
+                    kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
+                    results["scores"].setdefault(method, {}).setdefault(str(nfe), []).append(
+                        {"seed": seed, "fid": float(fid), "kid": float(kid)})
+                    log(f"  seed {seed} NFE {nfe} {method}: FID {fid:.2f} KID {kid:.4f}")
+    results["grids"] = {str(k): v.tolist() for k, v in grids.items()}
+    return results
+
+
+def table(res: dict, nfes=NFES) -> list[str]:
+    """Markdown rows of one run: mean (min–max) FID and mean KID per method and NFE (for point
+    clouds: sliced Wasserstein and MMD in those columns)."""
+    NFES = nfes  # noqa: N806
+    first, second = res["metrics"]
+    lines = [f"### {res['field']} — `{res['run']}` ({first}, {second})", "",
+             "| method | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
+             "|---|" + "---|" * len(NFES)]
+
+    def cell(vals):
+        f = [v["fid"] for v in vals]
+        k = [v["kid"] for v in vals]
+        return (f"{sum(f) / len(f):.2f} ({min(f):.2f}–{max(f):.2f}); "
+                f"{second} {sum(k) / len(k):.4f}")
+
+    for method, by_nfe in res["scores"].items():
+        lines.append(f"| {method} | " + " | ".join(cell(by_nfe[str(n)]) for n in NFES) + " |")
+    ratios = []
+    for n in NFES:
+        mean = {m: sum(v["fid"] for v in s[str(n)]) / len(s[str(n)])
+                for m, s in res["scores"].items()}
+        ours = min(v for m, v in mean.items() if not m.startswith("k_"))
+        peers = [v for m, v in mean.items() if m.startswith("k_")]
+        ratios.append(f"{ours / min(peers):.2f}" if peers else "–")
+    lines += [f"| **ratio ours/k (best mean {first})** | " + " | ".join(ratios) + " |", ""]
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="training run directories")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "solver_benchmark_trained"))
+    parser.add_argument("--n", type=int, default=1000, help="samples per FID (FID@1k)")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--fit-n", type=int, default=256, help="GITS warm-up trajectories")
+    parser.add_argument("--fine-points", type=int, default=64)
+    parser.add_argument("--extractor", default="inception", choices=("inception", "random"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", default=None, help="reference feature cache")
+    parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    kd, reason = load_k_diffusion()
+    start = time.perf_counter()
+    results = []
+    for run in args.runs:
+        print(run, flush=True)
+        results.append(bench_run(run, args, kd))
+    minutes = (time.perf_counter() - start) / 60
+    command = "python bench/solvers_trained.py " + " ".join(sys.argv[1:])
+    md = ["# Solver benchmark on trained models: FID/KID vs NFE", "",
+          f"Produced by `{command}` on {datetime.now():%Y-%m-%d %H:%M} "
+          f"({torch.get_num_threads()} thread(s), {minutes:.1f} min). FID@{args.n} and KID "
+          f"against the training images ({args.extractor} features), mean (min–max) over "
+          f"{args.seeds} sampling seed(s); the same prior draws for every method. "
+          + (f"**k-diffusion not run: {reason}.**" if reason else ""), ""]
+    for res in results:
+        md += table(res, args.nfes)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(md))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print("\n".join(md))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
