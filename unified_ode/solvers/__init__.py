@@ -11,11 +11,12 @@ from unified_ode.solvers.base import (
     Solver,
     SolveResult,
 )
+from unified_ode.solvers.consistency import ConsistencySampler
 from unified_ode.solvers.fixed import RK4, Euler, Heun
 from unified_ode.solvers.lms import AdamsBashforth
 from unified_ode.solvers.multistep import DPMSolverPP, DPMSolverPP2M, DPMSolverPP3M
 from unified_ode.solvers.pc import ExpPC
 
-__all__ = ["RK4", "AdamsBashforth", "CountingFlow", "DPMSolverPP", "DPMSolverPP2M",
+__all__ = ["RK4", "AdamsBashforth", "ConsistencySampler", "CountingFlow", "DPMSolverPP", "DPMSolverPP2M",
            "DPMSolverPP3M", "Dopri5", "DriftFlow", "Euler", "ExpPC", "Flow", "Heun",
            "NFELimitExceeded", "Schedule", "SolveResult", "Solver"]
