@@ -4,12 +4,16 @@ affine field).
 The student is a **consistency function** ``f(x, t)``: every state on one teacher ODE
 trajectory maps to the same point, that trajectory's state at ``t_min`` (in data scale,
 ``x~ = x / a(t_min)``). The boundary condition ``f(x, t_min) = x~`` holds *exactly* by
-construction (:class:`ConsistencyFunction`): ``f = c_skip(t) x~ + c_out(t) F`` with
+construction (:class:`ConsistencyFunction`) from the field's own preconditioned denoiser
+``D = c_skip x~ + c_out F`` (EDM's coefficients, or the field's adaptation for heavy tails or
+``a(1) = 0``):
 
-    c_skip = sd² / ((σ(t) − σ(t_min))² + sd²),   c_out = (σ(t) − σ(t_min)) sd / sqrt(σ(t)² + sd²)
+    f = x~ + w(t) (D − x~),   w(t) = 1 − t_min / t,
 
-(``σ`` the field's noise level, ``sd`` the data scale), so ``c_skip = 1`` and ``c_out = 0`` at
-``t = t_min`` whatever the network ``F`` outputs.
+so ``w(t_min) = 0`` and ``f = x~`` whatever the network ``F`` outputs. For VE (``σ = t``) the
+coefficient of ``F`` is ``(σ − σ_min) sd / sqrt(σ² + sd²)``, exactly Song et al.'s ``c_out``;
+at high noise ``f`` is the field's denoiser parametrisation, so a student starts well from a
+denoiser teacher's weights.
 
 Training (:class:`ConsistencyDistillation`): on the grid ``t_min = t_0 < ... < t_N = t_max``
 (EDM's ρ = 7 spacing in the field's time), ``n ~ U{0, ..., N−1}``, ``x_{n+1}`` drawn from the
@@ -51,21 +55,15 @@ class ConsistencyFunction(Parametrisation):
                     "an affine field (use distill=reflow)")
         return None
 
-    def consistency_coefficients(self, t: Tensor, sigma_data: float, like: Tensor):
-        """``(c_skip, c_out)`` ``(B,)`` at times ``t`` ``(B,)``, in ``like``'s dtype."""
+    def boundary_weight(self, t: Tensor, like: Tensor) -> Tensor:
+        """``w(t) = 1 − t_min/t`` ``(B,)``: 0 exactly at ``t_min``, -> 1 at high noise."""
         t = torch.as_tensor(t, dtype=like.dtype, device=like.device).expand(like.shape[0])
-        sigma = torch.as_tensor(self.field.sigma(t), dtype=like.dtype)
-        sigma_min = torch.as_tensor(self.field.sigma(torch.full_like(t, self.field.t_min)),
-                                    dtype=like.dtype)
-        sd = float(sigma_data)
-        gap = sigma - sigma_min
-        c_skip = sd**2 / (gap**2 + sd**2)
-        c_out = gap * sd / (sigma**2 + sd**2).sqrt()
-        return c_skip, c_out
+        return 1.0 - self.field.t_min / t
 
     def from_network(self, x, t, f, coefficients, sigma_data):
-        c_skip, c_out = self.consistency_coefficients(t, sigma_data, x)
-        return denoiser_output(self.field, x, t, f, (c_skip, c_out))
+        scaled = x * bcast(self.field.input_scale(t), x)
+        denoised = denoiser_output(self.field, x, t, f, coefficients)
+        return scaled + bcast(self.boundary_weight(t, x), x) * (denoised - scaled)
 
     def from_denoiser(self, x, t, denoised):
         return denoised
