@@ -20,7 +20,6 @@ from tests.conftest import compose_config, run_script
 from unified_ode.app.build import build_module
 from unified_ode.distill import (
     ConsistencyDistillation,
-    ConsistencyFunction,
     ConsistencyObjective,
     PairCache,
     Reflow,

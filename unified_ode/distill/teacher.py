@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from unified_ode.errors import UserError
@@ -122,20 +121,3 @@ def load_teacher(spec: str, cfg, field, datamodule) -> Teacher:
     module.eval()
     module.requires_grad_(False)
     return Teacher(module.flow(), file_sha256(ckpt), str(run), "ema" if ema else "raw")
-
-
-def frozen_solver(solver):
-    """``solver`` (a :class:`~unified_ode.solvers.Solver`), checked."""
-    from unified_ode.solvers import Solver
-
-    if not isinstance(solver, Solver):
-        raise UserError(f"distill.solver must be a solver config (_target_: "
-                        f"unified_ode.solvers.<Name>), got {type(solver).__name__}")
-    return solver
-
-
-@torch.no_grad()
-def teacher_samples(teacher: Teacher, solver, z: torch.Tensor):
-    """Integrate the teacher's ODE from prior states ``z`` ``(B, *shape)``; returns the
-    solver's :class:`~unified_ode.solvers.base.SolveResult`."""
-    return solver.solve(teacher.flow, z, solver.time_grid(teacher.field))
