@@ -381,7 +381,8 @@ def test_train_a_reflow_student_of_a_run_and_sample_it_in_one_step(tmp_path):
 def test_train_a_consistency_student_of_the_exact_field_and_sample_at_nfe_1_2_4(tmp_path):
     student = tmp_path / "student"
     run_script("train.py", *TINY, "physics=ve", "distill=consistency", "distill.teacher=exact",
-               "dataset.n_train=64", "distill.intervals=8", "network.width=32",
+               "dataset.n_train=64", "dataset.batch_size=32", "distill.intervals=8",
+               "network.width=32",
                f"hydra.run.dir={student}")
     for steps in (1, 2, 4):
         out = tmp_path / f"s{steps}"
