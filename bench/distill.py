@@ -272,6 +272,14 @@ def report(results, args, path: Path, figure_paths) -> None:
                       "Columns: teacher NFE 35, teacher NFE 2, reflow student NFE 1, "
                       "consistency student NFE 1.", ""]
     lines += summary(ev)
+    missing = [f"{d}/{f}" for d in TOY for f in FIELDS if f"{d}/{f}/teacher/35" not in ev]
+    missing += [f"digits/{f}" for f in FIELDS if f"digits/{f}/teacher/35" not in ev]
+    if missing:
+        lines += ["## Not measured in this run", "",
+                  "No numbers yet for: " + ", ".join(missing) + ". The command is resumable: "
+                  "rerun it (e.g. `python bench/distill.py --fields pfgmpp ve`, `python "
+                  "bench/distill.py --datasets digits --fields ve --fid-n 500`) and then "
+                  "`python bench/distill.py --report-only --readme`.", ""]
     lines += ["## Wall time of each stage (seconds, shared machine)", "",
               "| stage | seconds |", "|---|---|"]
     for k, v in sorted(results["stages"].items()):
@@ -303,6 +311,34 @@ def summary(ev) -> list[str]:
                 lines.append(f"| {fname} | {method} | {', '.join(ratios)} | {ok}/{len(ratios)} "
                              f"| {beat}/{len(ratios)} |")
     return [*lines, ""]
+
+
+README_START, README_END = "<!-- distill-table -->", "<!-- /distill-table -->"
+
+
+def readme_table(ev, metric) -> str:
+    """The compact table README.md shows (between its distill-table markers)."""
+    lines = [README_START, "",
+             "| set | field | teacher NFE 35 | teacher NFE 2 | reflow NFE 1 | consistency NFE 1 "
+             "| consistency NFE 2 |", "|---|---|---|---|---|---|---|"]
+    for d in sorted({k.split("/")[0] for k in ev}, key=lambda d: (d not in TOY, d)):
+        for f in FIELDS:
+            b = f"{d}/{f}"
+            if f"{b}/teacher/35" not in ev:
+                continue
+            cells = [fmt(ev.get(f"{b}/{k}")) for k in ("teacher/35", "teacher/2", "reflow/1",
+                                                       "consistency/1", "consistency/2")]
+            lines.append(f"| {d} ({metric.get(d, '?')}) | {f} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", README_END])
+
+
+def update_readme(ev, metric, path: Path) -> None:
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + readme_table(ev, metric) + tail)
 
 
 def figures(results, out: Path, docs: Path) -> dict:
@@ -355,6 +391,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench_distill"))
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--readme", action="store_true",
+                   help="also rewrite README.md's distillation table")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
@@ -397,6 +435,9 @@ def main(argv=None) -> None:
     paths = figures(results, out, docs)
     report(results, args, docs / "distillation.md", paths)
     log(f"wrote {docs / 'distillation.md'}")
+    if args.readme:
+        update_readme(results["evals"], results["metric"], ROOT / "README.md")
+        log("updated README.md's distillation table")
 
 
 if __name__ == "__main__":
