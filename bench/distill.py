@@ -272,6 +272,7 @@ def report(results, args, path: Path, figure_paths) -> None:
                       "Columns: teacher NFE 35, teacher NFE 2, reflow student NFE 1, "
                       "consistency student NFE 1.", ""]
     lines += summary(ev)
+    lines += far_out(Path(args.out))
     missing = [f"{d}/{f}" for d in TOY for f in FIELDS if f"{d}/{f}/teacher/35" not in ev]
     missing += [f"digits/{f}" for f in FIELDS if f"digits/{f}/teacher/35" not in ev]
     if missing:
@@ -287,6 +288,28 @@ def report(results, args, path: Path, figure_paths) -> None:
     lines += ["", "Evaluation (sampling) seconds per entry are in `results.json` under `evals`.",
               ""]
     path.write_text("\n".join(lines))
+
+
+def far_out(out: Path) -> list[str]:
+    """Share of toy samples with ``|x| > 4`` (the data are standardised): the heavy-tailed
+    priors' stragglers, which dominate a sliced Wasserstein distance."""
+    found = {p.name: p for p in out.rglob("samples/*.pt")}
+    lines = ["## Far-out samples (share with |x| > 4; toy data are standardised)", "",
+             "| set | field | teacher NFE 35 | reflow NFE 1 | consistency NFE 1 |",
+             "|---|---|---|---|---|"]
+    for d in TOY:
+        for f in FIELDS:
+            cells = []
+            for tag in ("teacher_35", "reflow_1", "consistency_1"):
+                p = found.get(f"{d}_{f}_{tag}.pt")
+                if p is None:
+                    cells.append("–")
+                    continue
+                x = torch.load(p, weights_only=True)
+                cells.append(f"{(x.norm(dim=1) > 4).float().mean().item():.2%}")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {d} | {f} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def summary(ev) -> list[str]:
@@ -405,8 +428,9 @@ def main(argv=None) -> None:
         commands = [results.get("command")] if results.get("command") else []
         for other in sorted(out.glob("*/results.json")):
             part = json.loads(other.read_text())
-            for k in ("evals", "stages", "metric", "settings"):
+            for k in ("evals", "stages", "metric"):
                 results[k].update(part.get(k, {}))
+            results["settings"][other.parent.name] = part.get("settings", {})
             commands.append(part.get("command", ""))
         results["command"] = "; ".join(c for c in commands if c)
 
