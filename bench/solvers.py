@@ -61,7 +61,8 @@ def fixed_step_solvers() -> dict:
     for path in sorted((ROOT / "conf" / "solver").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         solver = instantiate(cfg)
-        if solver.nfe_for_steps(1) is None or not solver.final_step:
+        if (solver.nfe_for_steps(1) is None or not solver.final_step
+                or not getattr(solver, "ode_solver", True)):
             continue
         out[path.stem] = (lambda c: lambda steps: instantiate(c, steps=steps))(cfg)
     return out

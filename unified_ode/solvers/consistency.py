@@ -35,6 +35,9 @@ class ConsistencySampler(Solver):
     """
 
     name = "consistency"
+    #: not an ODE solver: it samples a consistency function (its flow's ``denoiser``), so ODE
+    #: benchmarks and ODE-accuracy tests leave it out
+    ode_solver = False
 
     def __init__(self, steps: int = 1, grid: str | None = None, rho: float = 7.0,
                  t_min: float | None = None, t_max: float | None = None,
