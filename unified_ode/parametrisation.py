@@ -260,6 +260,11 @@ class ProbabilityFlow:
         tb = self._times(x, t)
         return self.parametrisation.to_denoiser(x, tb, self.model(x, tb))
 
+    def perturb(self, y: Tensor, t: Tensor, *, generator=None) -> Tensor:
+        """A draw ``x ~ p_t(. | y)`` of the field's kernel (no network call): how consistency
+        sampling re-noises. ``t`` scalar or ``(B,)``."""
+        return self.field.sample_kernel(y, self._times(y, t), generator=generator)
+
     def last_step(self, x: Tensor, t: Tensor) -> Tensor:
         """The exact step from ``(x, t)`` (``t = t_min``) to ``t = 0``: ``a(0) D(x, t)``."""
         tb = self._times(x, t)

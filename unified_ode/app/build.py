@@ -75,6 +75,10 @@ def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, objec
     field = build_field(cfg)
     objective, parametrisation = build_objective(cfg, field)
     model = build_model(cfg, parametrisation, datamodule)
+    if cfg.get("distill"):  # a student: the loss comes from its teacher (unified_ode.distill)
+        from unified_ode.distill import build_distillation
+
+        objective = build_distillation(cfg, field, objective, model, datamodule)
     module = GenerativeODE(field, model, objective, build_solver(cfg),
                            data_shape=datamodule.data_shape, optimizer=build_optimizer(cfg),
                            lr_warmup_steps=int(cfg.get("lr_warmup_steps") or 0))

@@ -11,6 +11,7 @@ from unified_ode.solvers.base import (
     Solver,
     SolveResult,
 )
+from unified_ode.solvers.consistency import ConsistencySampler
 from unified_ode.solvers.fixed import RK4, Euler, Heun
 from unified_ode.solvers.ipndm import IPNDM
 from unified_ode.solvers.lms import AdamsBashforth
@@ -18,6 +19,6 @@ from unified_ode.solvers.multistep import DPMSolverPP, DPMSolverPP2M, DPMSolverP
 from unified_ode.solvers.pc import ExpPC
 from unified_ode.solvers.unipc import UniPC
 
-__all__ = ["RK4", "AdamsBashforth", "CountingFlow", "DPMSolverPP", "DPMSolverPP2M",
-           "DPMSolverPP3M", "Dopri5", "DriftFlow", "Euler", "ExpPC", "Flow", "Heun", "IPNDM",
-           "NFELimitExceeded", "Schedule", "SolveResult", "Solver", "UniPC"]
+__all__ = ["RK4", "AdamsBashforth", "ConsistencySampler", "CountingFlow", "DPMSolverPP",
+           "DPMSolverPP2M", "DPMSolverPP3M", "Dopri5", "DriftFlow", "Euler", "ExpPC", "Flow",
+           "Heun", "IPNDM", "NFELimitExceeded", "Schedule", "SolveResult", "Solver", "UniPC"]

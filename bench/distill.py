@@ -1,0 +1,468 @@
+"""Distillation benchmark: one- and few-step students of every field against their teachers.
+
+    python bench/distill.py                      # the preset: toy2d x {poisson, pfgmpp, ve, linear}
+    python bench/distill.py --datasets digits --fields ve   # digits (FID with Inception)
+    python bench/distill.py --report-only        # rewrite docs/distillation.md from results
+
+For each data set and field: a teacher run (``train.py`` config, trained once and reused: its run
+directory is kept under ``--out``), a ``distill=reflow`` student and a ``distill=consistency``
+student of it (both initialised from the teacher's weights). Every model is sampled from the same
+prior draws: the teacher at NFE 35 (Heun, 18 steps) and at NFE 1, 2, 4 (the better of Euler and
+DPM-Solver++(2M) at each budget), the reflow student with Euler at 1, 2, 4 steps, the consistency
+student with ``solver=consistency`` at 1, 2, 4 steps. Metric: sliced Wasserstein distance to 2000
+held-out points (toy2d, ``sw@2k``) or FID against the training images with the Inception
+extractor (digits; ``--fid-n`` samples).
+
+Resumable: every stage (teacher, pairs, student, each evaluation) is skipped when its output
+exists (``<out>/results.json`` holds the evaluations and the wall time of each stage), so an
+interrupted run continues where it stopped. Timings under a shared machine's load are inflated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from unified_ode.app.build import build_module  # noqa: E402
+from unified_ode.app.runs import LAST_CKPT, load_run_config, load_weights  # noqa: E402
+from unified_ode.app.train import run_training  # noqa: E402
+
+TOY = ("checkerboard", "moons", "eight_gaussians")
+FIELDS = {"poisson": ["physics=poisson"], "pfgmpp": ["physics=pfgmpp", "physics.D=128"],
+          "ve": ["physics=ve"], "linear": ["physics=linear"]}
+LOW_NFE = (1, 2, 4)
+QUIET = ["~callbacks.metrics", "~callbacks.best", "~callbacks.figures", "~callbacks.progress",
+         "logger=csv", "trainer.enable_model_summary=false", "+trainer.enable_progress_bar=false"]
+
+
+def presets(args) -> dict:
+    """Overrides per data kind: ``teacher``, ``student`` (both methods), ``reflow``,
+    ``consistency``."""
+    toy = {
+        "teacher": ["dataset.n_train=20000", "network.width=128", "network.depth=3",
+                    "dataset.batch_size=256", f"trainer.max_steps={args.teacher_steps}",
+                    "callbacks.checkpoint.every_n_train_steps=500"],
+        "student": [f"trainer.max_steps={args.student_steps}", "optim.lr=1e-3",
+                    "optim.warmup_steps=50"],
+        "reflow": [f"distill.pairs={args.pairs}", "distill.chunk=2000"],
+        "consistency": ["distill.intervals=18"],
+    }
+    digits = {
+        "teacher": ["experiment=digits_" + "{field}", f"trainer.max_steps={args.teacher_steps}",
+                    "callbacks.checkpoint.every_n_train_steps=500"],
+        "student": [f"trainer.max_steps={args.student_steps}", "optim.lr=1e-3",
+                    "optim.warmup_steps=50"],
+        "reflow": [f"distill.pairs={args.pairs}", "distill.chunk=500"],
+        "consistency": ["distill.intervals=18"],
+    }
+    return {"toy": toy, "digits": digits}
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def train(run_dir: Path, overrides: list[str], log) -> float | None:
+    """Train the run ``overrides`` into ``run_dir`` unless it holds a finished checkpoint;
+    writes ``.hydra/{config,overrides}.yaml`` as train.py would. Returns the seconds spent (None
+    when skipped)."""
+    if (run_dir / LAST_CKPT).is_file() and (run_dir / "done").is_file():
+        return None
+    if (run_dir / LAST_CKPT).is_file():  # interrupted: continue it
+        overrides = [*overrides, "resume=true"]
+    cfg = compose_train([*overrides, f"run_dir={run_dir}"])
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    saved = [o for o in overrides if o != "resume=true"]
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(saved), hydra_dir / "overrides.yaml")
+    log(f"training {run_dir.name}: {' '.join(saved)}")
+    start = time.perf_counter()
+    run_training(cfg)
+    seconds = time.perf_counter() - start
+    (run_dir / "done").write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def load_run(run_dir: Path):
+    cfg, _ = load_run_config(run_dir)
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "distill"])
+    module, datamodule = build_module(cfg)
+    load_weights(module, run_dir / LAST_CKPT, "bench", ema=True)
+    module.eval()
+    return module, datamodule
+
+
+class Scorer:
+    """sw@2k against held-out points (toy2d) or FID against training images (digits)."""
+
+    def __init__(self, datamodule, kind: str, fid_n: int):
+        self.kind = kind
+        if kind == "toy":
+            from unified_ode.metrics.points import sliced_wasserstein
+
+            self.reference = datamodule.heldout(2000)
+            self.fn = lambda x: sliced_wasserstein(x.float(), self.reference.float())
+            self.n, self.name = 2000, "sw@2k"
+        else:
+            from unified_ode.metrics.features import build_extractor
+            from unified_ode.metrics.images import ImageMetrics, extract_features
+
+            extractor = build_extractor("inception")
+            self.metric = ImageMetrics(extractor, inception_score=False)
+            ref = datamodule.train_tensor()[:fid_n]
+            self.metric.set_reference(extract_features(extractor, ref))
+            self.n, self.name = fid_n, f"fid@{fid_n}"
+
+            def fid(x):
+                self.metric.reset()
+                self.metric.update(x.clamp(-1, 1))
+                return float(self.metric.compute()["fid"])
+
+            self.fn = fid
+
+    def __call__(self, x) -> float:
+        return float(self.fn(x))
+
+
+def solvers_for(what: str, nfe: int):
+    from unified_ode.solvers import ConsistencySampler, DPMSolverPP2M, Euler, Heun
+
+    if what == "teacher35":
+        return [("heun", Heun(steps=18))]
+    if what == "teacher":
+        return [("euler", Euler(steps=nfe)), ("dpmpp2m", DPMSolverPP2M(steps=nfe))]
+    if what == "reflow":
+        return [("euler", Euler(steps=nfe))]
+    return [("consistency", ConsistencySampler(steps=nfe, seed=0))]
+
+
+def evaluate(results, key, module, scorer, prior, what, nfe, samples_dir: Path, log):
+    if key in results["evals"]:
+        return results["evals"][key]
+    best = None
+    for name, solver in solvers_for(what, nfe):
+        start = time.perf_counter()
+        chunks = []
+        with torch.no_grad():
+            for lo in range(0, prior.shape[0], 500):
+                r = module.sample(x_T=prior[lo:lo + 500], solver=solver)
+                chunks.append(r.x)
+        x = torch.cat(chunks)
+        seconds = time.perf_counter() - start
+        score = scorer(x) if torch.isfinite(x).all() else float("inf")
+        if best is None or score < best["score"]:
+            best = {"score": score, "solver": name, "nfe": r.nfe, "seconds": seconds}
+            torch.save(x[:2000].cpu(), samples_dir / f"{key.replace('/', '_')}.pt")
+    results["evals"][key] = best
+    log(f"  {key}: {scorer.name} = {best['score']:.4g} ({best['solver']}, NFE {best['nfe']})")
+    return best
+
+
+def run_case(dataset, fname, args, results, save, log):
+    kind = "toy" if dataset in TOY else "digits"
+    pre = presets(args)[kind]
+    out = Path(args.out)
+    base = f"{dataset}/{fname}"
+    if kind == "toy":
+        teacher_over = [f"dataset.name={dataset}", *FIELDS[fname], *pre["teacher"], *QUIET]
+    else:
+        if fname not in ("poisson", "pfgmpp", "ve"):
+            teacher_over = ["experiment=digits_ve", *FIELDS[fname]]
+        else:
+            teacher_over = [f"experiment=digits_{fname}"]
+        teacher_over = [*teacher_over, *pre["teacher"][1:], *QUIET]
+        if fname == "pfgmpp":
+            teacher_over.append("physics.D=128")
+    tdir = out / dataset / fname / "teacher"
+    sec = train(tdir, teacher_over, log)
+    if sec is not None:
+        results["stages"][f"{base}/teacher"] = sec
+        save()
+    student_common = [o for o in teacher_over if not o.startswith("trainer.max_steps")
+                      and not o.startswith("optim.")]
+    for method in ("reflow", "consistency"):
+        if method not in args.methods:
+            continue
+        sdir = out / dataset / fname / method
+        over = [*student_common, f"distill={method}", f"distill.teacher={tdir}",
+                *pre["student"], *pre[method]]
+        if method == "reflow":  # pairs shared by the field's students across reruns
+            over.append(f"distill.cache_dir={out / dataset / fname / 'pairs'}")
+        sec = train(sdir, over, log)
+        if sec is not None:
+            results["stages"][f"{base}/{method}"] = sec
+            save()
+    # evaluations from one set of prior draws
+    teacher, datamodule = load_run(tdir)
+    scorer = Scorer(datamodule, kind, args.fid_n)
+    g = torch.Generator().manual_seed(7)
+    prior = teacher.sample_prior(scorer.n, generator=g)
+    samples_dir = out / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    evaluate(results, f"{base}/teacher/35", teacher, scorer, prior, "teacher35", 35,
+             samples_dir, log)
+    for nfe in LOW_NFE:
+        evaluate(results, f"{base}/teacher/{nfe}", teacher, scorer, prior, "teacher", nfe,
+                 samples_dir, log)
+    save()
+    for method in ("reflow", "consistency"):
+        if method not in args.methods:
+            continue
+        student, _ = load_run(out / dataset / fname / method)
+        for nfe in LOW_NFE:
+            evaluate(results, f"{base}/{method}/{nfe}", student, scorer, prior, method, nfe,
+                     samples_dir, log)
+        save()
+    results["metric"][dataset] = scorer.name
+    save()
+
+
+# --- report -----------------------------------------------------------------------------
+def fmt(ev) -> str:
+    return "–" if ev is None else f"{ev['score']:.3g}"
+
+
+def report(results, args, path: Path, figure_paths) -> None:
+    ev = results["evals"]
+    lines = ["# Distillation: one- and few-step students of every field", "",
+             "Generated by `python bench/distill.py` (" + results.get("command", "") + "); "
+             "every number below was measured by that command on a shared 2-core CPU "
+             "(wall times inflated by the load). Teachers: `train.py` runs of each field; "
+             "students: `distill=reflow` (Euler) and `distill=consistency` "
+             "(`solver=consistency`), both initialised from the teacher's weights. Teacher at low "
+             "NFE: the better of Euler and DPM-Solver++(2M). Same prior draws for every column.",
+             "", "## Settings", "", "```", json.dumps(results.get("settings", {}), indent=1),
+             "```", ""]
+    for dataset in sorted({k.split("/")[0] for k in ev}, key=lambda d: (d not in TOY, d)):
+        metric = results["metric"].get(dataset, "metric")
+        lines += [f"## {dataset} ({metric}, lower is better)", "",
+                  "| field | teacher NFE 35 | teacher 1 | teacher 2 | teacher 4 | reflow 1 | "
+                  "reflow 2 | reflow 4 | consistency 1 | consistency 2 | consistency 4 | "
+                  "1-step student / teacher@35 |",
+                  "|---|" + "---|" * 11]
+        for fname in FIELDS:
+            base = f"{dataset}/{fname}"
+            if f"{base}/teacher/35" not in ev:
+                continue
+            row = [fname, fmt(ev.get(f"{base}/teacher/35"))]
+            row += [fmt(ev.get(f"{base}/teacher/{n}")) for n in LOW_NFE]
+            row += [fmt(ev.get(f"{base}/reflow/{n}")) for n in LOW_NFE]
+            row += [fmt(ev.get(f"{base}/consistency/{n}")) for n in LOW_NFE]
+            one = [ev.get(f"{base}/{m}/1") for m in ("reflow", "consistency")]
+            one = [o["score"] for o in one if o]
+            ratio = min(one) / ev[f"{base}/teacher/35"]["score"] if one else float("nan")
+            row.append(f"{ratio:.2f}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        if dataset in figure_paths:
+            lines += [f"![{dataset}]({figure_paths[dataset].name})", "",
+                      "Columns: teacher NFE 35, teacher NFE 2, reflow student NFE 1, "
+                      "consistency student NFE 1.", ""]
+    lines += summary(ev)
+    lines += far_out(Path(args.out))
+    missing = [f"{d}/{f}" for d in TOY for f in FIELDS if f"{d}/{f}/teacher/35" not in ev]
+    missing += [f"digits/{f}" for f in FIELDS if f"digits/{f}/teacher/35" not in ev]
+    if missing:
+        lines += ["## Not measured in this run", "",
+                  "No numbers yet for: " + ", ".join(missing) + ". The command is resumable: "
+                  "rerun it (e.g. `python bench/distill.py --fields pfgmpp ve`, `python "
+                  "bench/distill.py --datasets digits --fields ve --fid-n 500`) and then "
+                  "`python bench/distill.py --report-only --readme`.", ""]
+    lines += ["## Wall time of each stage (seconds, shared machine)", "",
+              "| stage | seconds |", "|---|---|"]
+    for k, v in sorted(results["stages"].items()):
+        lines.append(f"| {k} | {v:.0f} |")
+    lines += ["", "Evaluation (sampling) seconds per entry are in `results.json` under `evals`.",
+              ""]
+    path.write_text("\n".join(lines))
+
+
+def far_out(out: Path) -> list[str]:
+    """Share of toy samples with ``|x| > 4`` (the data are standardised): the heavy-tailed
+    priors' stragglers, which dominate a sliced Wasserstein distance."""
+    found = {p.name: p for p in out.rglob("samples/*.pt")}
+    lines = ["## Far-out samples (share with |x| > 4; toy data are standardised)", "",
+             "| set | field | teacher NFE 35 | reflow NFE 1 | consistency NFE 1 |",
+             "|---|---|---|---|---|"]
+    for d in TOY:
+        for f in FIELDS:
+            cells = []
+            for tag in ("teacher_35", "reflow_1", "consistency_1"):
+                p = found.get(f"{d}_{f}_{tag}.pt")
+                if p is None:
+                    cells.append("–")
+                    continue
+                x = torch.load(p, weights_only=True)
+                cells.append(f"{(x.norm(dim=1) > 4).float().mean().item():.2%}")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {d} | {f} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def summary(ev) -> list[str]:
+    """Per field and method: how often the 1-step student meets the issue's targets on the
+    toy sets (sw ≤ 1.5× the teacher's at NFE 35; better than the teacher's best 2-NFE)."""
+    lines = ["## Which fields distil well (toy2d, 1-step students)", "",
+             "| field | method | 1-step / teacher@35 (per set) | meets ≤ 1.5× | beats teacher@2 |",
+             "|---|---|---|---|---|"]
+    for fname in FIELDS:
+        for method in ("reflow", "consistency"):
+            ratios, ok, beat = [], 0, 0
+            for d in TOY:
+                one, t35 = ev.get(f"{d}/{fname}/{method}/1"), ev.get(f"{d}/{fname}/teacher/35")
+                t2 = ev.get(f"{d}/{fname}/teacher/2")
+                if not (one and t35 and t2):
+                    continue
+                r = one["score"] / t35["score"]
+                ratios.append(f"{d}: {r:.2f}")
+                ok += r <= 1.5
+                beat += one["score"] < t2["score"]
+            if ratios:
+                lines.append(f"| {fname} | {method} | {', '.join(ratios)} | {ok}/{len(ratios)} "
+                             f"| {beat}/{len(ratios)} |")
+    return [*lines, ""]
+
+
+README_START, README_END = "<!-- distill-table -->", "<!-- /distill-table -->"
+
+
+def readme_table(ev, metric) -> str:
+    """The compact table README.md shows (between its distill-table markers)."""
+    lines = [README_START, "",
+             "| set | field | teacher NFE 35 | teacher NFE 2 | reflow NFE 1 | consistency NFE 1 "
+             "| consistency NFE 2 |", "|---|---|---|---|---|---|---|"]
+    for d in sorted({k.split("/")[0] for k in ev}, key=lambda d: (d not in TOY, d)):
+        for f in FIELDS:
+            b = f"{d}/{f}"
+            if f"{b}/teacher/35" not in ev:
+                continue
+            cells = [fmt(ev.get(f"{b}/{k}")) for k in ("teacher/35", "teacher/2", "reflow/1",
+                                                       "consistency/1", "consistency/2")]
+            lines.append(f"| {d} ({metric.get(d, '?')}) | {f} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", README_END])
+
+
+def update_readme(ev, metric, path: Path) -> None:
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + readme_table(ev, metric) + tail)
+
+
+def figures(results, out: Path, docs: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    for dataset in TOY:
+        found = {p.name: p for p in out.rglob("samples/*.pt")}
+        fields = [f for f in FIELDS if f"{dataset}_{f}_teacher_35.pt" in found]
+        if not fields:
+            continue
+        cols = [("teacher_35", "teacher NFE 35"), ("teacher_2", "teacher NFE 2"),
+                ("reflow_1", "reflow NFE 1"), ("consistency_1", "consistency NFE 1")]
+        fig, axes = plt.subplots(len(fields), len(cols), figsize=(3 * len(cols), 3 * len(fields)),
+                                 squeeze=False)
+        for i, f in enumerate(fields):
+            for j, (tag, title) in enumerate(cols):
+                ax = axes[i, j]
+                p = found.get(f"{dataset}_{f}_{tag}.pt")
+                if p is not None:
+                    x = torch.load(p, weights_only=True)
+                    ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
+                    ev = results["evals"].get(f"{dataset}/{f}/{tag.replace('_', '/')}")
+                    if ev:
+                        title = f"{title}\nsw={ev['score']:.3f}"
+                ax.set_title(f"{f}: {title}", fontsize=8)
+                ax.set_xlim(-3, 3)
+                ax.set_ylim(-3, 3)
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.tight_layout()
+        paths[dataset] = docs / f"distillation_{dataset}.png"
+        fig.savefig(paths[dataset], dpi=80)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(TOY))
+    p.add_argument("--fields", nargs="+", default=list(FIELDS), choices=list(FIELDS))
+    p.add_argument("--methods", nargs="+", default=["reflow", "consistency"])
+    p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--student-steps", type=int, default=500)
+    p.add_argument("--pairs", type=int, default=10000)
+    p.add_argument("--fid-n", type=int, default=1000)
+    p.add_argument("--out", default=str(ROOT / "outputs" / "bench_distill"))
+    p.add_argument("--docs", default=str(ROOT / "docs"))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--readme", action="store_true",
+                   help="also rewrite README.md's distillation table")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results = (json.loads(res_path.read_text()) if res_path.is_file()
+               else {"evals": {}, "stages": {}, "metric": {}})
+    results.setdefault("settings", {})
+    if args.report_only:  # also merge runs written with --out <out>/<anything> (in parallel)
+        commands = [results.get("command")] if results.get("command") else []
+        for other in sorted(out.glob("*/results.json")):
+            part = json.loads(other.read_text())
+            for k in ("evals", "stages", "metric"):
+                results[k].update(part.get(k, {}))
+            results["settings"][other.parent.name] = part.get("settings", {})
+            commands.append(part.get("command", ""))
+        results["command"] = "; ".join(c for c in commands if c)
+
+    def save():
+        tmp = res_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, res_path)
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if not args.report_only:
+        results["command"] = "python bench/distill.py " + " ".join(argv or sys.argv[1:])
+        for d in args.datasets:
+            results["settings"][d] = {"teacher_steps": args.teacher_steps,
+                                      "student_steps": args.student_steps,
+                                      "pairs": args.pairs, "fields": args.fields,
+                                      "fid_n": args.fid_n if d not in TOY else None}
+        save()
+        for dataset in args.datasets:
+            for fname in args.fields:
+                log(f"== {dataset} / {fname}")
+                run_case(dataset, fname, args, results, save, log)
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    paths = figures(results, out, docs)
+    report(results, args, docs / "distillation.md", paths)
+    log(f"wrote {docs / 'distillation.md'}")
+    if args.readme:
+        update_readme(results["evals"], results["metric"], ROOT / "README.md")
+        log("updated README.md's distillation table")
+
+
+if __name__ == "__main__":
+    main()
