@@ -105,8 +105,11 @@ class SampleMetrics(L.Callback):
         ``val/fid`` for images (the scorer's primary metric, under its stable name)."""
         return stable_name(self.scorer.primary(kind))
 
-    def dataloader(self, pl_module) -> torch.utils.data.DataLoader:
-        """The validation data: :class:`PriorDraws` (its own generator: no global draws)."""
+    def dataloader(self, pl_module):
+        """The validation data: :class:`PriorDraws` (its own generator: no global draws);
+        none under ``fast_dev_run`` (a check of the training loop, not of the samples)."""
+        if pl_module.trainer.fast_dev_run:
+            return []
         s = self.scorer
         return torch.utils.data.DataLoader(
             PriorDraws(pl_module, s.n_samples, s.batch_size, s.seed), batch_size=None,
@@ -117,6 +120,8 @@ class SampleMetrics(L.Callback):
         pl_module.evaluation = self
 
     def on_fit_start(self, trainer, pl_module):
+        if trainer.fast_dev_run:
+            return
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "heldout"):
             raise ValueError("SampleMetrics needs a datamodule with heldout(n) and "

@@ -7,7 +7,8 @@
   stuck. Rank 0 only; one final line, not a duplicated bar.
 * :func:`quiet_lightning_logs`: drops Lightning's "litlogger" tip from its log output, and two
   warnings that say nothing about the user's run: ``IterableDataset`` with ``__len__`` (the
-  prior draws know their length exactly, with no workers) and ``_pytree``'s deprecation notice.
+  prior draws know their length exactly, with no workers), the empty validation list of a run
+  without sample metrics, and ``_pytree``'s deprecation notice.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def quiet_lightning_logs() -> None:
     """Remove the "litlogger" tip that Lightning logs when a Trainer is built and the two
     warnings named in the module docstring (idempotent)."""
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # the empty validation list of a run without sample metrics (GenerativeODE.val_dataloader)
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
         logger = logging.getLogger(name)
