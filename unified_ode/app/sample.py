@@ -176,6 +176,9 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
     if export == "png" and not images:
         raise UserError("export=png writes one PNG per image, but this data set holds points: "
                         f"they are in {SAMPLES_FILE} (array 'samples'). Drop export=png.")
+    exact = getattr(module.model, "reset_stats", None)
+    if exact is not None:  # the exact field: report what top_k truncation neglected
+        exact()
     start = time.perf_counter()
     samples, nfes, first = generate(module, solver, n, batch_size=bs, seed=seed,
                                     temperature=temperature,
@@ -196,6 +199,8 @@ def sample_task(cfg: DictConfig, loaded: Loaded, out_dir: Path) -> dict:
             "run": cfg.run, "field": module.field.describe(),
             "objective": module.objective.describe(), "solver": solver.describe(),
             "grid": first.times.tolist(), **guidance_info(labels, guidance)}
+    if exact is not None:
+        info["exact"] = module.model.describe()
     (out_dir / "sample_info.json").write_text(json.dumps(info, indent=2))
     (out_dir / "sample_config.yaml").write_text(OmegaConf.to_yaml(mcfg))
     figure = None
