@@ -348,7 +348,7 @@ def test_other_student_network_fails_init_from_teacher_but_trains_afresh(tmp_pat
 
 # --- a real student ---------------------------------------------------------------------
 TINY = ["trainer.max_steps=30", "dataset.n_train=1024", "dataset.batch_size=128",
-        "callbacks.metrics.n_samples=256", "callbacks.metrics.every_n_steps=30",
+        "callbacks.metrics.n_samples=256", "trainer.val_check_interval=30",
         "callbacks.checkpoint.every_n_train_steps=30", *SMALL_NET]
 
 
