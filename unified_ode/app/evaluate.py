@@ -13,6 +13,7 @@ for points, ``fid@n``/``kid@n``/``is@n`` for images) and writes ``metrics.json``
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from unified_ode.errors import UserError
 from unified_ode.metrics.scoring import SampleScorer
 
-SCORER_KEYS = ("reference_split", "n_reference", "extractor", "inception_path", "cache_dir",
-               "kid_subset_size", "inception_score")
+#: the options a ``metrics:`` section may give: SampleScorer's own keyword arguments (its
+#: signature is the one place they and their defaults live), less those sample.py sets itself
+SCORER_KEYS = tuple(k for k in inspect.signature(SampleScorer).parameters
+                    if k not in ("n_samples", "batch_size", "seed"))
 
 
 def evaluate_task(cfg: DictConfig, loaded, out_dir: Path) -> dict:

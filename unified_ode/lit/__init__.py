@@ -6,10 +6,8 @@ from unified_ode.lit.ema import EMA
 from unified_ode.lit.guards import NanGuard
 from unified_ode.lit.module import GenerativeODE
 from unified_ode.lit.progress import StepProgressBar, quiet_lightning_logs
-from unified_ode.lit.sweeps import register_resolvers
 
 quiet_lightning_logs()
-register_resolvers()  # ${unified_ode.sqlite:...} of conf/hparams_search/optuna.yaml
 
 __all__ = ["EMA", "AtomicCheckpointIO", "GenerativeODE", "NanGuard", "PeriodicSampling",
            "RNGState", "RunCheckpoint", "SampleMetrics", "StepProgressBar"]
