@@ -70,7 +70,9 @@ FIELDS = {
 }
 #: every solver config that ends with the step to t = 0 (pfgm_rk45 stops at t_min, by design)
 SOLVERS = sorted(p.stem for p in (CONF / "solver").glob("*.yaml")
-                 if OmegaConf.load(p).get("final_step", True))
+                 if OmegaConf.load(p).get("final_step", True)
+                 and getattr(instantiate(OmegaConf.load(p)), "ode_solver", True))
+#: (the consistency sampler of distilled students is not an ODE solver: it is left out)
 
 
 def exact_flow(field, param_cls=None):

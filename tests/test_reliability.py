@@ -415,7 +415,6 @@ KILLS = 10
 KILL_TINY = ["dataset.n_train=256", "dataset.batch_size=64", "~callbacks.metrics",
              "~callbacks.best", "~callbacks.figures", "~callbacks.progress",
              "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
-             "+logger.csv.flush_logs_every_n_steps=1",
              f"callbacks.checkpoint.every_n_train_steps={K}",
              f"trainer.max_steps={KILL_MAX_STEPS}"]
 

@@ -61,10 +61,20 @@ def _holder(lock: Path) -> str:
             f"{info.get('command')})")
 
 
+def distributed_worker() -> bool:
+    """True in the rank > 0 processes that a multi-process launch (Lightning's DDP launcher,
+    ``torchrun``, SLURM) starts with the same command line: they share rank 0's run directory
+    and claim."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK",
+                                                               "NODE_RANK"))
+
+
 def claim_run_dir(path: str | Path) -> Path:
     """Lock ``path`` (created if needed) for this process; :class:`UserError` if another
     process holds it. Returns ``path``."""
     path = Path(path)
+    if distributed_worker():  # rank 0 of this launch holds the claim for all its ranks
+        return path
     key = str(path.resolve())
     if key in _HELD:
         _HELD[key][1] += 1

@@ -45,19 +45,18 @@ def _first_comment(path: Path) -> str:
 
 
 def _defaults(config_name: str) -> dict[str, str | None]:
-    """``group -> default option`` from the ``defaults`` list of ``conf/<config_name>.yaml``."""
+    """``group -> default option`` from the ``defaults`` list of ``conf/<config_name>.yaml``
+    (parsed by OmegaConf, so comments and layout do not matter)."""
+    from omegaconf import OmegaConf
+
     out: dict[str, str | None] = {}
-    in_defaults = False
-    for line in (CONF_DIR / f"{config_name}.yaml").read_text(encoding="utf-8").splitlines():
-        if re.match(r"^defaults\s*:", line):
-            in_defaults = True
+    for entry in OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults") or []:
+        if isinstance(entry, str):  # _self_
             continue
-        if in_defaults:
-            if line and not line.startswith((" ", "#")):
-                break
-            m = re.match(r"^\s*-\s*(?:override\s+)?([\w/]+)\s*:\s*([\w.]+|null)\s*$", line)
-            if m and not m.group(1).startswith("hydra"):
-                out[m.group(1)] = None if m.group(2) == "null" else m.group(2)
+        for key, value in entry.items():
+            group = str(key).removeprefix("override").strip().lstrip("/")
+            if not group.startswith("hydra"):
+                out[group] = None if value is None else str(value)
     return out
 
 

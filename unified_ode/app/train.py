@@ -71,9 +71,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     print(f"run directory: {run_dir}" + (f" (resuming from {ckpt_path})" if ckpt_path else ""))
     print(f"physics={module.field.name} ({module.field.describe()}), "
           f"network: {module.num_parameters():,} parameters, data shape {datamodule.data_shape}")
-    from lightning.pytorch.loggers import CSVLogger
-
     from unified_ode.lit.checkpoint import AtomicCheckpointIO
+    from unified_ode.lit.loggers import CSVLogger
 
     trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg),
                           logger=build_loggers(cfg) or False, plugins=[AtomicCheckpointIO()])

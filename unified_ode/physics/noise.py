@@ -26,23 +26,14 @@ def event_dim(x: Tensor) -> int:
     return int(math.prod(x.shape[1:]))
 
 
-#: Proposals per draw of :func:`sample_gamma`. Marsaglia–Tsang accepts a proposal with
-#: probability >= 0.95 for every shape >= 1 (the shape it runs at), so all of them are rejected
-#: with probability <= 0.05^16 < 2e-21 per draw.
-GAMMA_PROPOSALS = 16
-
 
 def sample_gamma(concentration: float, n: int, *, generator: torch.Generator | None = None,
                  device=None, dtype=torch.float32) -> Tensor:
-    """Draw ``n`` samples of Gamma(concentration, 1) with an explicit generator -> ``(n,)``.
+    """Draw ``n`` samples of Gamma(concentration, 1) with an explicit generator.
 
     ``torch.distributions.Gamma`` cannot take a ``torch.Generator``; sampling must be
-    reproducible from a seed, so this uses the Marsaglia–Tsang squeeze method, boosted by
-    ``U^(1/alpha)`` for ``alpha < 1``. It never waits for the device: each draw makes
-    :data:`GAMMA_PROPOSALS` proposals at once and keeps the first accepted one, with no
-    data-dependent loop (a ``while`` loop over rejected draws would copy a count to the host
-    every round). Exact except with probability < 2e-21 per draw, when every proposal is
-    rejected and the last one is kept (its absolute value).
+    reproducible from a seed, so this uses the Marsaglia–Tsang squeeze method (exact, vectorised
+    rejection), boosted by ``U^(1/alpha)`` for ``alpha < 1``.
     """
     if concentration <= 0:
         raise ValueError(f"Gamma concentration must be positive, got {concentration}")
@@ -51,15 +42,17 @@ def sample_gamma(concentration: float, n: int, *, generator: torch.Generator | N
     a = alpha + 1.0 if boost else alpha
     d = a - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
-    k = GAMMA_PROPOSALS
-    z = torch.randn(n, k, generator=generator, device=device, dtype=torch.float64)
-    u = torch.rand(n, k, generator=generator, device=device, dtype=torch.float64)
-    v = (1.0 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z**2 + d - d * v
-                    + d * torch.log(v.clamp_min(1e-300)))
-    # index of the first accepted proposal (k - 1 when none is: the < 2e-21 case)
-    first = torch.where(ok, torch.arange(k, device=z.device), k - 1).amin(dim=1, keepdim=True)
-    out = d * v.gather(1, first).squeeze(1).abs()
+    out = torch.empty(n, device=device, dtype=torch.float64)
+    todo = torch.arange(n, device=device)
+    while todo.numel() > 0:
+        m = todo.numel()
+        z = torch.randn(m, generator=generator, device=device, dtype=torch.float64)
+        u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z**2 + d - d * v
+                        + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[ok]] = d * v[ok]
+        todo = todo[~ok]
     if boost:
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         out = out * u ** (1.0 / alpha)
