@@ -509,9 +509,8 @@ def test_kill_minus_nine_and_resume(killed_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 14 items 1 and 4, fixed by helper lit in "
-                   "lit/checkpoint.py: stale *.ckpt.tmp<pid> of killed writers are removed, "
-                   "and a run keeps exactly one last.ckpt")
 def test_kills_leave_no_temporaries_and_one_last_checkpoint(killed_run):
+    """Stale *.ckpt.tmp<pid> of killed writers are removed at start (lit/checkpoint.py), and a
+    run keeps exactly one last.ckpt."""
     names = sorted(p.name for p in (killed_run["run"] / "checkpoints").iterdir())
     assert names == ["last.ckpt"], names
