@@ -314,6 +314,20 @@ def resumed_runs(tmp_path_factory):
     return {"full": full, "resumed": resumed, "from_ckpt": from_ckpt, "half": half}
 
 
+@pytest.mark.slow
+def test_resume_of_a_finished_run_says_nothing_was_trained(resumed_runs, tmp_path, capsys):
+    """A run whose checkpoint is already at ``max_steps``: no "trained 2N steps in 0.1 s" (it
+    trained nothing), but what to do instead; the checkpoint keeps its step."""
+    run = tmp_path / "finished"
+    shutil.copytree(resumed_runs["full"], run)
+    summary = train_in_process(run, f"trainer.max_steps={2 * N}", "resume=true")
+    out = capsys.readouterr().out
+    assert summary["steps"] == 2 * N
+    assert f"already at step {2 * N}" in out and "nothing trained" in out
+    assert f"trained {2 * N} steps" not in out
+    assert load_ckpt(run)["global_step"] == 2 * N
+
+
 def load_ckpt(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=True)

@@ -96,6 +96,18 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     for logger in trainer.loggers:
         logger.save()
     if trainer.is_global_zero:
-        print(f"trained {trainer.global_step} steps in {seconds:.1f} s; outputs in {run_dir}")
+        print(training_summary(trainer.global_step, resume_step, seconds, run_dir))
     return {"run_dir": str(run_dir), "steps": trainer.global_step, "seconds": seconds,
             "metrics": metrics, "objective": objective}
+
+
+def training_summary(step: int, resume_step: int | None, seconds: float, run_dir: Path) -> str:
+    """The last line of a training run: steps trained (new ones when resumed), time, outputs."""
+    if resume_step is None:
+        return f"trained {step} steps in {seconds:.1f} s; outputs in {run_dir}"
+    if step <= resume_step:
+        return (f"the checkpoint was already at step {resume_step} (trainer.max_steps reached): "
+                f"nothing trained. Sample or score it with `python sample.py run={run_dir}` "
+                f"(task=evaluate for metrics); raise trainer.max_steps to train on.")
+    return (f"trained steps {resume_step}..{step} ({step - resume_step} new) in {seconds:.1f} s; "
+            f"outputs in {run_dir}")
