@@ -282,7 +282,12 @@ class PeriodicSampling(L.Callback):
         if kind == "images":
             from unified_ode.viz.images import save_image_grid
 
-            save_image_grid(path, samples[: self.n_images].float().cpu().clamp(-1, 1))
+            # class-conditional samples come class-interleaved: one column per class
+            ev = pl_module.evaluation
+            classes = ev.scorer.num_classes if ev is not None and samples is ev.last_samples \
+                else 0
+            save_image_grid(path, samples[: self.n_images].float().cpu().clamp(-1, 1),
+                            nrow=classes or None)
         else:
             from unified_ode.viz.points import plot_points_with_trajectories
 
