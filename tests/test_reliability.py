@@ -307,7 +307,8 @@ def test_cifar_batches_are_read_without_running_code(tmp_path):
 
     written = write_cifar10(tmp_path, per_batch=3)
     folder = tmp_path / "cifar-10-batches-py"
-    assert (read_cifar_batch(folder / "test_batch") == written["test"]).all()
+    images, labels = read_cifar_batch(folder / "test_batch")
+    assert (images == written["test"]).all() and (labels == written["test_labels"]).all()
     marker = tmp_path / "PWNED"
     with open(folder / "data_batch_2", "wb") as f:
         pickle.dump({"data": _Payload(marker), "labels": [0]}, f, protocol=2)

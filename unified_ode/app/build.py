@@ -74,6 +74,10 @@ def build_module(cfg: DictConfig, datamodule=None) -> tuple[GenerativeODE, objec
     datamodule = datamodule or build_datamodule(cfg)
     field = build_field(cfg)
     objective, parametrisation = build_objective(cfg, field)
+    if getattr(datamodule, "conditional", False) and not is_exact(cfg):
+        reason = objective.labels_unsupported()  # before any training step
+        if reason is not None:
+            raise UserError(reason)
     model = build_model(cfg, parametrisation, datamodule)
     if cfg.get("distill"):  # a student: the loss comes from its teacher (unified_ode.distill)
         from unified_ode.distill import build_distillation

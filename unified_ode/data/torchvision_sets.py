@@ -6,19 +6,26 @@ checksums). Without it the files must already be in ``root``; when they are not,
 
 * MNIST / Fashion-MNIST: read with ``torchvision.datasets.MNIST`` / ``FashionMNIST`` from the
   uncompressed IDX files ``<root>/<MNIST|FashionMNIST>/raw/{train,t10k}-{images-idx3,
-  labels-idx1}-ubyte`` (torchvision checks only that the four files exist).
+  labels-idx1}-ubyte`` (torchvision checks only that the four files exist). Where only the
+  gzipped ``<name>.gz`` (as the mirrors serve them) is there, it is decompressed next to
+  itself first (what torchvision's download does; an existing file is never overwritten).
+  Labels: torchvision's ``targets``.
 * CIFAR-10: the python pickles ``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch,
   batches.meta}``, each batch a dict with ``data`` (``(N, 3072)`` uint8, channel-major
-  32×32 planes) and ``labels``. They are parsed here with a restricted unpickler
-  (:class:`CifarUnpickler`: ``latin1`` encoding as torchvision uses, and only the NumPy array
-  constructors those files name; a crafted file naming any other callable is refused before
-  anything is called); ``verify_checksums=true`` additionally checks the files against
-  torchvision's published MD5 sums (a copy of the official files passes, anything else fails).
+  32×32 planes) and ``labels`` (keys ``str`` or ``bytes``). They are parsed here with a
+  restricted unpickler (:class:`CifarUnpickler`: ``latin1`` encoding as torchvision uses, and
+  only the NumPy array constructors those files name; a crafted file naming any other callable
+  is refused before anything is called); ``verify_checksums=true`` additionally checks the
+  files against torchvision's published MD5 sums (a copy of the official files passes,
+  anything else fails).
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +54,31 @@ def _download(dataset: str, fetch, folder: Path, names) -> None:
                         f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline, copy the "
                         f"files {', '.join(names)} into {folder.resolve()} and pass "
                         "dataset.download=false.") from exc
+
+
+def gunzip_missing(folder: Path, names) -> list[str]:
+    """For each of ``names`` missing in ``folder`` whose ``<name>.gz`` is there, write the
+    decompressed file (to a temporary name, then renamed into place); returns the names
+    written. A corrupt archive is a :class:`UserError` naming it."""
+    written = []
+    for name in _missing(folder, names):
+        archive = folder / f"{name}.gz"
+        if not archive.is_file():
+            continue
+        tmp = folder / f".{name}.tmp{os.getpid()}"
+        try:
+            with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot decompress {archive.resolve()} ({type(exc).__name__}: "
+                            f"{exc}); replace it with a complete copy.") from exc
+        os.replace(tmp, folder / name)
+        written.append(name)
+    if written:
+        print(f"decompressed {', '.join(n + '.gz' for n in written)} in {folder.resolve()}",
+              flush=True)
+    return written
 
 
 class _MNISTLike(ImageDataModule):
@@ -85,12 +117,15 @@ class _MNISTLike(ImageDataModule):
 
     def _load(self):
         self.prepare_data()
+        if self.raw_folder.is_dir():
+            gunzip_missing(self.raw_folder, MNIST_FILES)
         missing = _missing(self.raw_folder, MNIST_FILES)
         if missing:
             raise UserError(
                 f"dataset={self.dataset_key}: files missing in {self.raw_folder.resolve()}: "
-                f"{', '.join(missing)}. Expected the uncompressed IDX files "
-                f"{', '.join(MNIST_FILES)} in <root>/{self.folder_name}/raw/ (root is "
+                f"{', '.join(missing)}. Expected the IDX files "
+                f"{', '.join(MNIST_FILES)} (or their .gz) in <root>/{self.folder_name}/raw/ "
+                f"(root is "
                 f"dataset.root={str(self.root)!r}). Pass dataset.download=true to fetch them "
                 "(needs internet), or copy them there.")
         cls = self._tv_class()
@@ -146,16 +181,9 @@ class CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_cifar_labels(path: Path) -> np.ndarray:
-    """The ``labels`` ``(N,)`` int64 of one CIFAR-10 python batch."""
-    with open(path, "rb") as f:
-        entry = CifarUnpickler(f, encoding="latin1").load()
-    return np.asarray(entry["labels"], dtype=np.int64)
-
-
-def read_cifar_batch(path: Path) -> np.ndarray:
-    """One CIFAR-10 python batch -> ``(N, 3, 32, 32)`` uint8, read with
-    :class:`CifarUnpickler`."""
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` int64,
+    read with :class:`CifarUnpickler`."""
     with open(path, "rb") as f:
         try:
             entry = CifarUnpickler(f, encoding="latin1").load()
@@ -168,7 +196,13 @@ def read_cifar_batch(path: Path) -> np.ndarray:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise UserError(f"{path} is not a CIFAR-10 python batch: expected 'data' of uint8 "
                         f"(N, 3072), found {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32)
+    labels = np.asarray(entry.get("labels", ()), dtype=np.int64)
+    if labels.shape != (data.shape[0],) or (
+            labels.size and not 0 <= labels.min() <= labels.max() < 10):
+        raise UserError(f"{path} is not a CIFAR-10 python batch: expected 'labels', "
+                        f"{data.shape[0]} classes in 0..9, found {labels.shape[0]} values"
+                        + (f" in [{labels.min()}, {labels.max()}]" if labels.size else ""))
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -224,13 +258,11 @@ class CIFAR10DataModule(ImageDataModule):
         if self.verify_checksums:
             self._verify()
         try:
-            train = np.concatenate([read_cifar_batch(self.folder / n) for n in CIFAR_TRAIN])
-            test = read_cifar_batch(self.folder / "test_batch")
-            if self.conditional:
-                self._labels = (
-                    torch.from_numpy(np.concatenate([read_cifar_labels(self.folder / n)
-                                                     for n in CIFAR_TRAIN])),
-                    torch.from_numpy(read_cifar_labels(self.folder / "test_batch")))
+            batches = [read_cifar_batch(self.folder / n) for n in CIFAR_TRAIN]
+            test, test_labels = read_cifar_batch(self.folder / "test_batch")
+            train = np.concatenate([b[0] for b in batches])
+            self._labels = (torch.from_numpy(np.concatenate([b[1] for b in batches])),
+                            torch.from_numpy(test_labels))
         except (pickle.UnpicklingError, EOFError, KeyError) as exc:
             raise UserError(f"dataset=cifar10: cannot read the batches in "
                             f"{self.folder.resolve()} ({type(exc).__name__}: {exc}); are the "

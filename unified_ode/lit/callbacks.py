@@ -5,7 +5,10 @@
   at ``max_steps``) integrates them with the EMA weights and scores the samples with
   :class:`~unified_ode.metrics.scoring.SampleScorer`. Logged with ``LightningModule.log`` under
   stable names, ``val/sw`` and ``val/mmd`` for points, ``val/fid``, ``val/kid`` (``val/is``)
-  for images, plus ``val/nonfinite``; so ``ModelCheckpoint(monitor="val/sw")``, early stopping
+  for images, plus ``val/nonfinite``; for class-conditional data also per class,
+  ``val/sw_class/<c>`` or ``val/fid_class/<c>`` and ``val/kid_class/<c>`` (one series per class,
+  so dashboards overlay them under one prefix), and ``val/label_accuracy`` (see
+  :mod:`unified_ode.metrics.scoring`); so ``ModelCheckpoint(monitor="val/sw")``, early stopping
   and sweepers work unmodified. The sample count and the NFE are constants of the run: they go
   to the loggers' hyper-parameters once (``eval/n_samples``, ``eval/nfe``), not into names or
   time series. The prior's own metrics (``prior/sw``, ``prior/mmd``) are logged once at step 0.
@@ -29,7 +32,7 @@ import lightning as L
 import torch
 
 from unified_ode.lit.loggers import log_figure, log_hyperparams, log_scalars, log_summary
-from unified_ode.metrics.scoring import SampleScorer, chunk_noise, dist_info
+from unified_ode.metrics.scoring import SampleScorer, chunk_labels, chunk_noise, dist_info
 
 #: Prefix of the sample metrics' names (``val/sw``, ``val/fid``, ...).
 PREFIX = "val/"
@@ -37,18 +40,26 @@ PREFIX = "val/"
 
 def stable_name(name: str) -> str:
     """The logged name of a :class:`SampleScorer` metric: ``sw@2k -> val/sw``,
-    ``eval/nonfinite -> val/nonfinite``."""
-    return PREFIX + name.split("@", 1)[0].rsplit("/", 1)[-1]
+    ``fid_class/3@2k -> val/fid_class/3``, ``eval/nonfinite -> val/nonfinite``."""
+    return PREFIX + name.split("@", 1)[0].removeprefix("eval/")
+
+
+def is_class_metric(name: str) -> bool:
+    """Whether a logged name is one class's score (``val/fid_class/3``)."""
+    return "_class/" in name
 
 
 class PriorDraws(torch.utils.data.IterableDataset):
     """The fixed prior noise of ``n`` samples in chunks of ``batch_size`` (chunk ``i`` from seed
     ``(seed, i)``, :func:`~unified_ode.metrics.scoring.chunk_noise`); under DDP rank ``r`` of
     ``W`` yields chunks ``i ≡ r (mod W)``, so the scored set does not depend on ``W``.
-    Each item is a batch ``(b, *data_shape)``."""
+    Each item is a batch ``(b, *data_shape)``; for a class-conditional model
+    (``num_classes > 0``) a pair ``(batch, labels (b,))``, sample ``j`` of the set drawn for
+    class ``j mod num_classes`` (:func:`~unified_ode.metrics.scoring.chunk_labels`)."""
 
-    def __init__(self, module, n: int, batch_size: int, seed: int):
+    def __init__(self, module, n: int, batch_size: int, seed: int, num_classes: int = 0):
         self.module, self.n, self.batch_size, self.seed = module, n, batch_size, seed
+        self.num_classes = int(num_classes)
 
     def _indices(self) -> range:
         rank, world = dist_info()
@@ -59,7 +70,27 @@ class PriorDraws(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         for i in self._indices():
-            yield chunk_noise(self.module, self.n, self.batch_size, self.seed, i)
+            noise = chunk_noise(self.module, self.n, self.batch_size, self.seed, i)
+            if self.num_classes:
+                yield noise, chunk_labels(self.n, self.batch_size, self.num_classes, i)
+            else:
+                yield noise
+
+    def everything(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """All of this rank's draws at once: ``(noise, labels or None)``."""
+        items = list(self)
+        if not items:
+            return torch.zeros((0, *self.module.data_shape)), None
+        if not self.num_classes:
+            return torch.cat(items), None
+        return torch.cat([a for a, _ in items]), torch.cat([b for _, b in items])
+
+
+def draws_for(module, scorer) -> PriorDraws:
+    """The :class:`PriorDraws` of ``scorer``'s set (labelled when the data are
+    class-conditional)."""
+    return PriorDraws(module, scorer.n_samples, scorer.batch_size, scorer.seed,
+                      num_classes=scorer.num_classes)
 
 
 def _fork_rng(device: torch.device):
@@ -112,7 +143,7 @@ class SampleMetrics(L.Callback):
             return []
         s = self.scorer
         return torch.utils.data.DataLoader(
-            PriorDraws(pl_module, s.n_samples, s.batch_size, s.seed), batch_size=None,
+            draws_for(pl_module, s), batch_size=None,
             generator=torch.Generator().manual_seed(s.seed))
 
     # --- set-up --------------------------------------------------------------------------
@@ -136,12 +167,9 @@ class SampleMetrics(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         if self.prior_baseline and self.scorer.kind == "points" and trainer.global_step == 0:
-            draws = PriorDraws(pl_module, self.scorer.n_samples, self.scorer.batch_size,
-                               self.scorer.seed)
-            prior = torch.cat(list(draws)) if len(draws) else torch.zeros(
-                (0, *pl_module.data_shape))
+            prior, labels = draws_for(pl_module, self.scorer).everything()
             with _fork_rng(pl_module.device):
-                m = self.scorer.score_samples(prior)
+                m = self.scorer.score_samples(prior, labels)
             log_scalars(trainer, {f"prior/{stable_name(k)[len(PREFIX):]}": v
                                   for k, v in m.items() if not k.startswith("eval/")}, step=0)
 
@@ -153,12 +181,14 @@ class SampleMetrics(L.Callback):
 
     # --- the validation loop -------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module):
-        self._chunks, self._nfe = [], 0
+        self._chunks, self._labels, self._nfe = [], [], 0
         self._t0 = time.perf_counter()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
         self._chunks.append(outputs.x.detach().cpu())
+        if isinstance(batch, (list, tuple)):  # (prior draws, labels): conditional samples
+            self._labels.append(batch[1].detach().cpu())
         self._nfe = outputs.nfe
 
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -166,8 +196,11 @@ class SampleMetrics(L.Callback):
             return
         samples = (torch.cat(self._chunks) if self._chunks
                    else torch.zeros((0, *pl_module.data_shape)))
+        labels = None
+        if self.scorer.num_classes:
+            labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
         with _fork_rng(pl_module.device):
-            raw = self.scorer.score_samples(samples)
+            raw = self.scorer.score_samples(samples, labels)
         step = trainer.global_step
         metrics = {stable_name(k): float(v) for k, v in raw.items()
                    if k != "eval/n_samples"}
@@ -187,7 +220,7 @@ class SampleMetrics(L.Callback):
         self._chunks = []
         if trainer.is_global_zero:
             shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items()
-                              if k != f"{PREFIX}nonfinite")
+                              if k != f"{PREFIX}nonfinite" and not is_class_metric(k))
             print(f"\n[step {step}] {shown} ({constants['eval/n_samples']} samples, NFE "
                   f"{constants['eval/nfe']}, {seconds:.1f} s)", flush=True)
 
@@ -200,7 +233,8 @@ class SampleMetrics(L.Callback):
                      "eval/step": self.last_step})
         if trainer.is_global_zero:
             shown = ", ".join(f"{k} = {v:.4g}" for k, v in m.items()
-                              if k.startswith(PREFIX) and k != f"{PREFIX}nonfinite")
+                              if k.startswith(PREFIX) and k != f"{PREFIX}nonfinite"
+                              and not is_class_metric(k))
             print(f"final samples (step {self.last_step}): {shown} at NFE {m['eval/nfe']}")
 
 
@@ -248,7 +282,12 @@ class PeriodicSampling(L.Callback):
         if kind == "images":
             from unified_ode.viz.images import save_image_grid
 
-            save_image_grid(path, samples[: self.n_images].float().cpu().clamp(-1, 1))
+            # class-conditional samples come class-interleaved: one column per class
+            ev = pl_module.evaluation
+            classes = ev.scorer.num_classes if ev is not None and samples is ev.last_samples \
+                else 0
+            save_image_grid(path, samples[: self.n_images].float().cpu().clamp(-1, 1),
+                            nrow=classes or None)
         else:
             from unified_ode.viz.points import plot_points_with_trajectories
 

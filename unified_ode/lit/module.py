@@ -189,9 +189,13 @@ class GenerativeODE(L.LightningModule):
         hand this on as their own ``val_dataloader``."""
         return [] if self.evaluation is None else self.evaluation.dataloader(self)
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> SolveResult:
-        """Integrate one batch of prior states ``(B, *data_shape)`` to samples (EMA weights);
-        the metrics callback collects them in ``on_validation_batch_end``."""
+    def validation_step(self, batch, batch_idx: int) -> SolveResult:
+        """Integrate one batch of prior states ``(B, *data_shape)`` to samples (EMA weights),
+        or a pair ``(states, labels (B,))`` to samples of those classes (class-conditional
+        models); the metrics callback collects them in ``on_validation_batch_end``."""
+        if isinstance(batch, (list, tuple)):
+            x_T, labels = batch
+            return self.sample(x_T=x_T, labels=labels)
         return self.sample(x_T=batch)
 
     # --- training ------------------------------------------------------------------------

@@ -30,11 +30,16 @@ class ClassifierFeatures(nn.Module):
     def __init__(self, images: Tensor, labels: Tensor, hidden: int = 64, seed: int = 0,
                  max_iter: int = 500):
         super().__init__()
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
 
         self.clf = MLPClassifier(hidden_layer_sizes=(int(hidden),), max_iter=int(max_iter),
                                  random_state=int(seed), alpha=1e-3)
-        self.clf.fit(images.flatten(1).double().numpy(), labels.numpy())
+        with warnings.catch_warnings():  # max_iter bounds the cost; the accuracy is reported
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.clf.fit(images.flatten(1).double().cpu().numpy(), labels.cpu().numpy())
         self.num_features = int(hidden)
         self.name = f"sklearn-mlp{hidden}-seed{seed}"
         self.register_buffer("w", torch.from_numpy(self.clf.coefs_[0]).float())
@@ -54,29 +59,41 @@ class ClassifierFeatures(nn.Module):
         return float((self.predict(images) == labels.cpu()).double().mean())
 
 
+def balanced_labels(n: int, num_classes: int, start: int = 0) -> Tensor:
+    """Classes ``(n,)`` long of samples ``start .. start + n − 1`` of a class-balanced set:
+    sample ``i`` is of class ``i mod num_classes`` (so any chunking gives the same labels)."""
+    return torch.arange(int(start), int(start) + int(n)) % int(num_classes)
+
+
 def image_scores(extractor: nn.Module, reference: Tensor, samples: Tensor,
-                 kid_subset_size: int = 100) -> dict:
+                 kid_subset_size: int = 100, sync: bool = True) -> dict:
     """``{"fid", "kid", "kid_std", "n"}`` of ``samples`` against ``reference`` (both
-    ``(N, C, H, W)`` in ``[-1, 1]``) in ``extractor``'s feature space."""
+    ``(N, C, H, W)`` in ``[-1, 1]``, or both already features ``(N, F)``, which the extractors
+    pass through) in ``extractor``'s feature space. ``sync=False``: no DDP combination (the
+    inputs are already everything)."""
     from unified_ode.metrics.images import ImageMetrics
 
     metrics = ImageMetrics(extractor, kid_subset_size=kid_subset_size, kid_subsets=50,
-                           inception_score=False)
+                           inception_score=False, sync=sync)
     metrics.set_reference(extractor(reference))
     metrics.update(samples)
     return metrics.compute()
 
 
 def per_class_image_scores(extractor: nn.Module, reference: Tensor, reference_labels: Tensor,
-                           samples: Tensor, labels: Tensor, kid_subset_size: int = 100) -> dict:
+                           samples: Tensor, labels: Tensor, kid_subset_size: int = 100,
+                           overall: bool = True, sync: bool = True) -> dict:
     """``{"overall": scores, 0: scores, 1: ...}``: FID/KID of all samples against all the
-    reference, and of each class's samples against that class's reference images."""
-    out = {"overall": image_scores(extractor, reference, samples, kid_subset_size)}
+    reference (``overall=False``: left out), and of each class's samples against that class's
+    reference images (classes with fewer than 2 of either are left out). Images or features,
+    and ``sync``: see :func:`image_scores`."""
+    out = {"overall": image_scores(extractor, reference, samples, kid_subset_size, sync)} \
+        if overall else {}
     for c in sorted(set(labels.tolist())):
-        ref = reference[reference_labels == c]
+        ref = reference[reference_labels.cpu() == c]
         fake = samples[labels.cpu() == c]
         if len(ref) >= 2 and len(fake) >= 2:
-            out[c] = image_scores(extractor, ref, fake, kid_subset_size)
+            out[c] = image_scores(extractor, ref, fake, kid_subset_size, sync)
     return out
 
 
@@ -98,5 +115,5 @@ def class_balance(labels: Tensor, num_classes: int) -> np.ndarray:
     return torch.bincount(labels.cpu(), minlength=num_classes).numpy()
 
 
-__all__ = ["ClassifierFeatures", "class_balance", "image_scores", "per_class_image_scores",
-           "per_class_sliced_wasserstein"]
+__all__ = ["ClassifierFeatures", "balanced_labels", "class_balance", "image_scores",
+           "per_class_image_scores", "per_class_sliced_wasserstein"]

@@ -90,10 +90,12 @@ class ImageMetrics(nn.Module):
     kid_subset_size: KID subset size (clipped to the number of samples at compute time).
     kid_subsets: number of KID subsets.
     inception_score: compute IS (only possible when ``extractor.has_logits``).
+    sync: under DDP, ``compute()`` combines every rank's states (torchmetrics' sync); false:
+        this process's states only (for features already gathered from every rank).
     """
 
     def __init__(self, extractor: nn.Module, kid_subset_size: int = 1000,
-                 kid_subsets: int = 100, inception_score: bool = True):
+                 kid_subsets: int = 100, inception_score: bool = True, sync: bool = True):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.inception import InceptionScore
@@ -102,10 +104,13 @@ class ImageMetrics(nn.Module):
         self.extractor = extractor
         self.kid_subset_size = int(kid_subset_size)
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+        self.sync = bool(sync)
+        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False,
+                                            sync_on_compute=self.sync)
         self.kid = KernelInceptionDistance(feature=extractor, reset_real_features=False,
                                            subsets=int(kid_subsets),
-                                           subset_size=self.kid_subset_size)
+                                           subset_size=self.kid_subset_size,
+                                           sync_on_compute=self.sync)
         self.is_disabled_reason = None
         self.inception = None
         if inception_score and getattr(extractor, "has_logits", False):
@@ -136,9 +141,10 @@ class ImageMetrics(nn.Module):
         if self.inception is not None:
             self.inception.reset()
 
-    def update(self, images: Tensor) -> None:
-        """Add generated images ``(B, C, H, W)`` in ``[-1, 1]``."""
-        feats = self.extractor(images)
+    def update(self, images: Tensor, features: Tensor | None = None) -> None:
+        """Add generated images ``(B, C, H, W)`` in ``[-1, 1]`` (``features``: their features
+        ``(B, F)`` when the caller already has them; the images still feed IS)."""
+        feats = (self.extractor(images) if features is None else features).float()
         self.fid.update(feats, real=False)
         self.kid.update(feats, real=False)
         if self.inception is not None:
@@ -146,7 +152,7 @@ class ImageMetrics(nn.Module):
 
     def num_generated(self) -> int:
         """Generated samples in the metric, summed over ranks (torchmetrics' own sync)."""
-        with self.fid.sync_context(should_sync=True, should_unsync=True):
+        with self.fid.sync_context(should_sync=self.sync, should_unsync=self.sync):
             return int(self.fid.fake_features_num_samples.item())
 
     def compute(self) -> dict:
@@ -158,8 +164,8 @@ class ImageMetrics(nn.Module):
             warnings.simplefilter("ignore")
             out = {"fid": float(self.fid.compute())}
             n_real = int(self.kid.real_features[0].shape[0]) if self.kid.real_features else 0
-            self.kid.subset_size = max(2, min(self.kid_subset_size, n_fake,
-                                              n_real * _world_size()))
+            world = _world_size() if self.sync else 1
+            self.kid.subset_size = max(2, min(self.kid_subset_size, n_fake, n_real * world))
             kid_mean, kid_std = self.kid.compute()
             out.update(kid=float(kid_mean), kid_std=float(kid_std))
             if self.inception is not None:

@@ -10,6 +10,17 @@ and ``sample.py task=evaluate``.
 ``50k``). Every score also reports ``nfe`` (network evaluations per sample), ``eval/n_samples``
 (samples actually scored, over all ranks), ``eval/nonfinite`` and ``eval/seconds``.
 
+**Class-conditional data** (``dataset.conditional=true``, issue 16): sample ``i`` is drawn for
+class ``i mod num_classes`` (:func:`~unified_ode.metrics.conditional.balanced_labels`), and
+besides the overall scores (all samples against all the reference) each class ``c`` gets
+``sw_class/<c>@<n>`` (points) or ``fid_class/<c>@<n>`` and ``kid_class/<c>@<n>`` (images: the
+class's samples against the class's reference images, in the same features), plus
+``label_accuracy@<n>``: the share of samples that a small classifier trained on the training
+split (:class:`~unified_ode.metrics.conditional.ClassifierFeatures`) assigns to the class
+they were drawn for (non-finite samples count as wrong). Per-class image scores of ``n``
+samples use about ``n / num_classes`` samples each, so they are biased up against the overall
+score: compare classes and runs at equal ``n``.
+
 Samples come from fixed prior noise: chunk ``i`` (``batch_size`` samples) uses noise from seed
 ``(seed, i)``, and under DDP rank ``r`` of ``W`` generates chunks ``i ≡ r (mod W)``, so the
 scored set is the same for any number of processes; point samples are gathered to every rank,
@@ -72,18 +83,37 @@ def chunk_noise(module, n: int, batch_size: int, seed: int, index: int) -> Tenso
     return module.field.sample_prior(min(batch_size, n - lo), module.data_shape, generator=g)
 
 
-def generate(module, n: int, batch_size: int, seed: int, solver=None):
-    """This rank's share of the ``n`` fixed-noise samples: ``(samples on CPU, nfe)``."""
+def chunk_labels(n: int, batch_size: int, num_classes: int, index: int) -> Tensor:
+    """Classes of chunk ``index`` of a class-balanced ``n``-sample set (see
+    :func:`~unified_ode.metrics.conditional.balanced_labels`)."""
+    from unified_ode.metrics.conditional import balanced_labels
+
+    lo = index * batch_size
+    return balanced_labels(min(batch_size, n - lo), num_classes, start=lo)
+
+
+def generate(module, n: int, batch_size: int, seed: int, solver=None, num_classes: int = 0,
+             guidance: float = 0.0, guidance_interval=None):
+    """This rank's share of the ``n`` fixed-noise samples: ``(samples on CPU, nfe, labels)``;
+    with ``num_classes`` the samples are class-conditional (:func:`chunk_labels`, guided with
+    weight ``guidance``) and ``labels`` ``(m,)`` are their classes, else ``labels`` is None."""
     rank, world = dist_info()
-    chunks, nfe = [], 0
+    chunks, labels, nfe = [], [], 0
     for index in range(rank, -(-n // batch_size), world):
+        cond = {}
+        if num_classes:
+            labels.append(chunk_labels(n, batch_size, num_classes, index))
+            cond = {"labels": labels[-1], "guidance": guidance,
+                    "guidance_interval": guidance_interval}
         result = module.sample(x_T=chunk_noise(module, n, batch_size, seed, index),
-                               solver=solver)
+                               solver=solver, **cond)
         chunks.append(result.x.detach().cpu())
         nfe = result.nfe
+    ys = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)) \
+        if num_classes else None
     if not chunks:
-        return torch.zeros((0, *module.data_shape)), nfe
-    return torch.cat(chunks), nfe
+        return torch.zeros((0, *module.data_shape)), nfe, ys
+    return torch.cat(chunks), nfe, ys
 
 
 class SampleScorer:
@@ -100,13 +130,22 @@ class SampleScorer:
     extractor: ``"inception"`` or ``"random"`` (images); ``inception_path``: TorchScript file.
     cache_dir: where reference features are cached (null: ``~/.cache/unified_ode``).
     kid_subset_size, inception_score: see :class:`~unified_ode.metrics.images.ImageMetrics`.
+    per_class: class-conditional data: also score each class (module docstring).
+    label_accuracy: class-conditional data: train a classifier on at most
+        ``classifier_max_train`` training samples (seconds for small images, about a minute
+        for CIFAR-10 at 5000) and report the label accuracy of the samples.
+    guidance, guidance_interval: classifier-free guidance of the conditional samples
+        :meth:`score` draws (:func:`unified_ode.guidance.guided_flow`; the metrics callback
+        samples the conditional model, ``w = 0``).
     """
 
     def __init__(self, n_samples: int = 2000, batch_size: int = 500, seed: int = 1234,
                  reference_split: str = "auto", n_reference: int | None = None,
                  extractor: str = "inception", inception_path: str | None = None,
                  cache_dir: str | None = None, kid_subset_size: int = 1000,
-                 inception_score: bool = True):
+                 inception_score: bool = True, per_class: bool = True,
+                 label_accuracy: bool = True, classifier_max_train: int = 5000,
+                 guidance: float = 0.0, guidance_interval=None):
         if int(n_samples) < 2 or int(batch_size) < 1:
             raise UserError(f"metrics need n_samples >= 2 and batch_size >= 1, got "
                             f"n_samples={n_samples}, batch_size={batch_size}")
@@ -123,9 +162,18 @@ class SampleScorer:
         self.cache_dir = cache_dir
         self.kid_subset_size = int(kid_subset_size)
         self.inception_score = bool(inception_score)
+        self.per_class = bool(per_class)
+        self.label_accuracy = bool(label_accuracy)
+        self.classifier_max_train = int(classifier_max_train)
+        self.guidance = float(guidance)
+        self.guidance_interval = guidance_interval
         self.kind = None
         self.reference = None      # points: (M, d) tensor
         self.image_metrics = None  # images: ImageMetrics
+        self.num_classes = 0       # class-conditional data: their classes
+        self.reference_labels = None    # (M,) long, with num_classes
+        self.reference_features = None  # images, per_class: (M, F)
+        self.classifier = None          # label_accuracy: ClassifierFeatures
 
     # --- names ---------------------------------------------------------------------------
     @property
@@ -142,18 +190,33 @@ class SampleScorer:
             return self.reference_split
         return "heldout" if self.kind == "points" else "train"
 
-    def _reference_data(self, datamodule) -> Tensor:
+    def _reference_data(self, datamodule) -> tuple[Tensor, Tensor | None]:
+        """The reference ``(M, *shape)`` and, with :attr:`num_classes`, its classes."""
         n = self.n_reference or self.n_samples
         if self._split() == "heldout":
-            return datamodule.heldout(n)
+            return (datamodule.heldout(n),
+                    datamodule.heldout_labels(n) if self.num_classes else None)
         data = datamodule.train_tensor()
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-        return data[perm[:n]]
+        labels = datamodule.train_labels()[perm[:n]] if self.num_classes else None
+        return data[perm[:n]], labels
+
+    def _train_classifier(self, datamodule) -> None:
+        from unified_ode.metrics.conditional import ClassifierFeatures
+
+        data, labels = datamodule.train_tensor(), datamodule.train_labels()
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
+        keep = perm[: self.classifier_max_train]
+        self.classifier = ClassifierFeatures(data[keep], labels[keep], max_iter=200)
 
     def prepare(self, datamodule, device=None) -> None:
         """Load or compute the reference (call on every rank, after process groups exist)."""
         self.kind = getattr(datamodule, "kind", "points")
-        ref = self._reference_data(datamodule)
+        self.num_classes = int(datamodule.num_classes) \
+            if getattr(datamodule, "conditional", False) else 0
+        ref, self.reference_labels = self._reference_data(datamodule)
+        if self.num_classes and self.label_accuracy:
+            self._train_classifier(datamodule)
         if self.kind == "points":
             self.reference = ref.float()
             return
@@ -178,41 +241,97 @@ class SampleScorer:
                                           inception_score=self.inception_score)
         self.image_metrics.to(device or "cpu")
         self.image_metrics.set_reference(feats[rank::world])
+        if self.num_classes and self.per_class:
+            self.reference_features = feats
         if self.image_metrics.is_disabled_reason and rank == 0:
             print(self.image_metrics.is_disabled_reason)
 
     # --- scoring -------------------------------------------------------------------------
-    def score_samples(self, samples: Tensor) -> dict:
-        """Metrics of ``samples`` (this rank's share), over all ranks."""
+    def score_samples(self, samples: Tensor, labels: Tensor | None = None) -> dict:
+        """Metrics of ``samples`` (this rank's share), over all ranks; ``labels`` ``(m,)``:
+        the classes they were drawn for (class-conditional data: per-class scores too)."""
         finite = torch.isfinite(samples.flatten(1)).all(dim=1)
-        nonfinite = int(gather_rows(finite.logical_not().long().to(_device_of(self))).sum())
+        dev = _device_of(self)
+        nonfinite = int(gather_rows(finite.logical_not().long().to(dev)).sum())
         label = self.label
+        by_class = labels is not None and self.num_classes > 0
+        if by_class and labels.shape[0] != samples.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {samples.shape[0]} samples")
         if self.kind == "points":
-            everything = gather_rows(samples.to(_device_of(self))).cpu()
-            ok = everything[torch.isfinite(everything).all(dim=1)]
-            return {f"sw@{label}": sliced_wasserstein(ok, self.reference) if len(ok)
-                    else float("nan"),
-                    f"mmd@{label}": mmd_rbf(ok, self.reference) if len(ok) > 1
-                    else float("nan"),
-                    "eval/n_samples": float(len(everything)),
-                    "eval/nonfinite": float(nonfinite)}
-        m = self.image_metrics
-        m.reset()
-        device = m.fid.fake_features_sum.device
-        for chunk in samples[finite].split(self.batch_size):
-            m.update(chunk.to(device).clamp(-1, 1))
-        values = m.compute()
-        out = {f"fid@{label}": values["fid"], f"kid@{label}": values["kid"],
-               "eval/n_samples": float(values["n"]), "eval/nonfinite": float(nonfinite)}
-        if "is" in values:
-            out[f"is@{label}"] = values["is"]
+            everything = gather_rows(samples.to(dev)).cpu()
+            ok_rows = torch.isfinite(everything).all(dim=1)
+            ok = everything[ok_rows]
+            out = {f"sw@{label}": sliced_wasserstein(ok, self.reference) if len(ok)
+                   else float("nan"),
+                   f"mmd@{label}": mmd_rbf(ok, self.reference) if len(ok) > 1
+                   else float("nan"),
+                   "eval/n_samples": float(len(everything)),
+                   "eval/nonfinite": float(nonfinite)}
+            if by_class and self.per_class:
+                from unified_ode.metrics.conditional import per_class_sliced_wasserstein
+
+                ys = gather_rows(labels.to(dev)).cpu()[ok_rows]
+                per = per_class_sliced_wasserstein(ok, ys, self.reference,
+                                                   self.reference_labels)
+                out.update({f"sw_class/{c}@{label}": v for c, v in per.items()
+                            if c != "overall"})
+        else:
+            m = self.image_metrics
+            m.reset()
+            device = m.fid.fake_features_sum.device
+            features = []
+            for chunk in samples[finite].split(self.batch_size):
+                chunk = chunk.to(device).clamp(-1, 1)
+                feats = m.extractor(chunk)
+                m.update(chunk, features=feats)
+                features.append(feats.detach().double())
+            values = m.compute()
+            out = {f"fid@{label}": values["fid"], f"kid@{label}": values["kid"],
+                   "eval/n_samples": float(values["n"]), "eval/nonfinite": float(nonfinite)}
+            if "is" in values:
+                out[f"is@{label}"] = values["is"]
+            if by_class and self.per_class and self.reference_features is not None:
+                out.update(self._class_image_scores(features, labels[finite]))
+        if by_class and self.classifier is not None:
+            right = torch.zeros(len(samples), dtype=torch.long)
+            if finite.any():
+                right[finite] = (self.classifier.predict(samples[finite].cpu().clamp(-1, 1))
+                                 == labels[finite].cpu()).long()
+            right = gather_rows(right.to(dev))
+            out[f"label_accuracy@{label}"] = float(right.double().mean()) if len(right) \
+                else float("nan")
+        return out
+
+    def _class_image_scores(self, features: list[Tensor], labels: Tensor) -> dict:
+        """``fid_class/<c>``, ``kid_class/<c>`` from this rank's sample features and their
+        classes, gathered from every rank and scored locally."""
+        from unified_ode.metrics.conditional import per_class_image_scores
+
+        dev = _device_of(self)
+        width = self.reference_features.shape[1]
+        local = torch.cat(features) if features else torch.zeros(0, width, dtype=torch.float64)
+        feats = gather_rows(local.to(dev)).cpu()
+        ys = gather_rows(labels.to(dev)).cpu()
+        # features in, so the extractor passes them through (on any device)
+        per = per_class_image_scores(self.image_metrics.extractor, self.reference_features,
+                                     self.reference_labels, feats, ys,
+                                     kid_subset_size=self.kid_subset_size, overall=False,
+                                     sync=False)
+        label = self.label
+        out = {}
+        for c, v in per.items():
+            out[f"fid_class/{c}@{label}"] = v["fid"]
+            out[f"kid_class/{c}@{label}"] = v["kid"]
         return out
 
     def score(self, module, solver=None) -> tuple[dict, Tensor]:
-        """Generate this rank's share, score everything; returns ``(metrics, samples)``."""
+        """Generate this rank's share, score everything; returns ``(metrics, samples)``
+        (class-conditional data: sample ``i`` of class ``i mod num_classes``)."""
         start = time.perf_counter()
-        samples, nfe = generate(module, self.n_samples, self.batch_size, self.seed, solver)
-        metrics = self.score_samples(samples)
+        samples, nfe, labels = generate(module, self.n_samples, self.batch_size, self.seed,
+                                        solver, self.num_classes, self.guidance,
+                                        self.guidance_interval)
+        metrics = self.score_samples(samples, labels)
         metrics["nfe"] = float(nfe)
         metrics["eval/seconds"] = time.perf_counter() - start
         return metrics, samples

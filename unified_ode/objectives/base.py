@@ -69,6 +69,11 @@ class Objective(abc.ABC):
         """Keyword arguments of the parametrisation (e.g. PFGM's ``gamma``)."""
         return {}
 
+    def labels_unsupported(self) -> str | None:
+        """Why this objective cannot train a class-conditional model (``None``: it can);
+        checked when a conditional run is built, before training starts."""
+        return None
+
     def bind(self, field) -> Parametrisation:
         """The parametrisation of ``field`` that this objective trains; a :class:`UserError`
         naming the valid ``objective=`` choices when the field cannot be trained with it."""

@@ -117,13 +117,26 @@ class PFGMNormalisedObjective(Objective):
         return normalised_poisson_field(x.to(e.dtype), t.to(e.dtype), mean_y,
                                         self.gamma).to(x.dtype)
 
+    def labels_unsupported(self) -> str:
+        """Class-conditional training is refused. The target is the normalised field of a
+        reference batch, which for a labelled sample must be that of its class's points and,
+        for a dropped label (the null class guidance needs), that of all points; but labels
+        are dropped inside the network (``network.p_uncond``, :mod:`unified_ode.networks.labels`),
+        where the objective cannot see which target a sample needs. The denoiser objective has
+        no such problem (its target, the clean point, is the same for both)."""
+        return ("objective=pfgm_normalised does not train class-conditional models: its target "
+                "is the normalised field of a reference batch, which must be the class's points "
+                "for a labelled sample and all points for a dropped label (the null class that "
+                "guidance needs), and the network drops labels internally (network.p_uncond), "
+                "unseen by the objective. Train PFGM's field with objective=denoiser (the "
+                "default of physics=poisson) or objective=velocity with "
+                "dataset.conditional=true; network=exact samples the conditional field with "
+                "any objective, pfgm_normalised included.")
+
     def __call__(self, model, field, y: Tensor, *, labels: Tensor | None = None,
                  generator=None) -> Tensor:
         if labels is not None:
-            raise UserError("objective=pfgm_normalised does not train class-conditional models "
-                            "(its targets come from an unlabelled reference batch); use "
-                            "objective=denoiser or objective=velocity with "
-                            "dataset.conditional=true")
+            raise UserError(self.labels_unsupported())
         reference = self.reference(y)
         small = y[: self.small_batch]
         t = self.sample_time(field, small.shape[0], generator=generator, device=y.device)
