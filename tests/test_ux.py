@@ -241,12 +241,21 @@ QUIET_TINY = ["trainer.max_steps=30", "dataset.n_train=4096", "dataset.batch_siz
 WARNING_TEXT = re.compile(r"warn|deprecat|tip:|litlogger|\.py:\d+: ", re.I)
 
 
+#: An image run through the FID path: the Inception weights load (TorchScript, whose
+#: deprecation warning must not show), reference features and FID/KID on 16 images.
+QUIET_DIGITS_FID = ["experiment=digits_poisson", "trainer.max_steps=2", "dataset.batch_size=16",
+                    "network.model_channels=8", "network.num_blocks=1", "solver.steps=2",
+                    "callbacks.metrics.n_samples=16", "callbacks.metrics.batch_size=16",
+                    "callbacks.metrics.kid_subset_size=8", "callbacks.figures.n_images=4"]
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="Lightning's litlogger tip and its _pytree "
-                   "deprecation warning reach stderr until the lit layer silences them "
-                   "(issue 15 §3, helper lit)")
-def test_default_run_stderr_has_no_warning_text(tmp_path):
-    proc = run_script("train.py", *QUIET_TINY, f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.mark.parametrize("overrides", [QUIET_TINY, QUIET_DIGITS_FID], ids=["toy", "digits-fid"])
+def test_default_run_stderr_has_no_warning_text(tmp_path, overrides):
+    proc = run_script("train.py", *overrides, f"callbacks.metrics.cache_dir={tmp_path / 'cache'}",
+                      f"hydra.run.dir={tmp_path / 'run'}")
     lines = [ln for ln in re.split(r"[\r\n]+", proc.stderr) if ln.strip()]
     noisy = [ln for ln in lines if WARNING_TEXT.search(ln) and "it/s" not in ln]
     assert noisy == []
+    if "experiment=digits_poisson" in overrides:
+        assert "reference features" in proc.stderr  # the FID path ran (its progress bar)
