@@ -243,7 +243,8 @@ WARNING_TEXT = re.compile(r"warn|deprecat|tip:|litlogger|\.py:\d+: ", re.I)
 
 #: An image run through the FID path: the Inception weights load (TorchScript, whose
 #: deprecation warning must not show), reference features and FID/KID on 16 images.
-QUIET_DIGITS_FID = ["experiment=digits_poisson", "trainer.max_steps=2", "dataset.batch_size=16",
+#: The experiment's own batch size (25 batches an epoch, fewer than log_every_n_steps=50).
+QUIET_DIGITS_FID = ["experiment=digits_poisson", "trainer.max_steps=2",
                     "network.model_channels=8", "network.num_blocks=1", "solver.steps=2",
                     "callbacks.metrics.n_samples=16", "callbacks.metrics.batch_size=16",
                     "callbacks.metrics.kid_subset_size=8", "callbacks.figures.n_images=4"]
