@@ -304,6 +304,37 @@ def test_sample_py_writes_uint8_nhwc_images(digits_run, tmp_path):
     assert not np.array_equal(cold, samples[:4])
 
 
+@pytest.mark.slow
+def test_image_panels_put_samples_beside_training_images_in_square_tiles(digits_run, tmp_path):
+    """bench/image_panels.py (the README's digits figure): 2 x 2 tiles of 8 x 8 images, each a
+    48 x 48 square (one integer scale for both axes); the left panel is the training images'
+    exact grid, the right one the run's seeded samples."""
+    import importlib.util
+
+    from PIL import Image
+
+    from unified_ode.api import load_run
+    from unified_ode.viz.images import grid_array, to_uint8_nhwc
+
+    spec = importlib.util.spec_from_file_location("image_panels",
+                                                  CONF.parent / "bench" / "image_panels.py")
+    panels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(panels)
+    out = panels.main(["--run", str(digits_run), "--out", str(tmp_path / "p.png"), "--n", "4"])
+    with Image.open(out) as im:
+        arr = np.asarray(im.convert("RGB"))
+    title = 2 * 28  # two title lines on the generated panel
+    assert arr.shape == (title + 2 * 49 + 1, 2 * (2 * 49 + 1) + 24, 3)
+    run = load_run(digits_run)
+    run.datamodule.setup("fit")
+    left = grid_array(to_uint8_nhwc(run.datamodule.train_tensor()[:4]))
+    np.testing.assert_array_equal(arr[title:, :99, 0], left[:, :, 0])
+    right = grid_array(to_uint8_nhwc(run.sample(4, seed=0, progress=False).x.clamp(-1, 1)))
+    np.testing.assert_array_equal(arr[title:, 99 + 24:, 0], right[:, :, 0])
+    with pytest.raises(SystemExit):  # an existing figure is not overwritten without --force
+        panels.main(["--run", str(digits_run), "--out", str(out), "--n", "4"])
+
+
 def test_sample_py_zero_temperature_is_a_clear_error(digits_run, tmp_path, capsys):
     """sample.py's error path in process (its main is ``friendly_errors`` around run_task; a
     subprocess would add ~20 s of imports): exit status 2, the message, no samples."""

@@ -60,7 +60,7 @@ def overhead_section(study: Study) -> list[str]:
     data, bench = json.loads(path.read_text()), overhead_bench()
     ov = data["settings"]
     lines += [f"`bench/overhead.py`'s measurement, made by this command after every run had "
-              f"finished ({data['threads']} torch thread(s)): a training step of our "
+              f"finished (CPU time, {data['threads']} torch thread(s)): a training step of our "
               "LightningModule (a real `Trainer`, no logger, checkpoints or callbacks) against "
               "a hand-written loop with the same network, objective, optimiser, clipping and "
               "pre-loaded batches, and a `GenerativeODE.sample` call against a bare Heun loop "

