@@ -174,3 +174,20 @@ def test_coupling_independent_retrains_the_old_run_bit_for_bit(tmp_path: Path):
     for key in old:
         assert torch.equal(old[key], new[key]), key
     shutil.rmtree(run)
+
+
+def test_bench_straightness_is_zero_on_chords_and_the_same_for_images():
+    """bench/couplings.py's straightness: 0 on straight trajectories, the relative squared
+    deviation of a bent one (here: a kink of squared length 0.25 at 1 of 11 states over a
+    chord of squared length 1), whatever the sample shape ((K, B, d) or (K, B, C, H, W))."""
+    from bench.couplings import straightness
+
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)[:, None, None]
+    a, b = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
+    b[:, 0] = 1.0
+    line = a + (b - a) * t
+    assert straightness(line) == pytest.approx(0.0, abs=1e-15)
+    bent = line.clone()
+    bent[5, :, 1] += 0.5
+    assert straightness(bent) == pytest.approx(0.25 / 11)
+    assert straightness(bent.reshape(11, 3, 1, 2, 1)) == pytest.approx(0.25 / 11)
