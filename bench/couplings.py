@@ -250,8 +250,11 @@ def report(results: dict, costs: dict, args, seconds: float, out: Path) -> None:
                 lines.append(f"| {field} | {coupling} | " + " | ".join(cells) + " |")
         lines.append("")
     names = list(COST_VARIANTS)
+    cached = " Measured by an earlier invocation (cached in the root's step_cost.json)." \
+        if args.no_cost and costs else ""
     lines += [f"## Training-step cost at batch {COST_BATCH} (checkerboard, 1 thread, CPU time)",
-              "", "CPU milliseconds per step (objective + backward + Adam step; variants "
+              "", cached.strip() + (" " if cached else "")
+              + "CPU milliseconds per step (objective + backward + Adam step; variants "
               "alternated step by step, median of 30) and, in brackets, the ratio to "
               "`independent`. `_b128`/`_b64`: `coupling.block_size=128`/`64`.", "",
               "| field | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -297,6 +300,7 @@ def plot(results: dict, args, out: Path) -> None:
                 colors.append(f"C{fi}")
         ax.set(xscale="log", yscale="log", xlabel="NFE (Euler)", ylabel="sw", title=data)
         ax.set_xticks(NFES, [str(k) for k in NFES])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
         bar_ax.bar(range(len(values)), values, color=colors)
         bar_ax.set_xticks(range(len(values)), labels, fontsize=6, rotation=90)

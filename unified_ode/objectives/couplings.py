@@ -30,6 +30,7 @@ objective's minimiser is the conditional expectation under the coupled path.
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -198,8 +199,16 @@ class SinkhornOT(Coupling):
 
         scale = cost.std() if cost.std() > 0 else 1.0
         w = np.full(cost.shape[0], 1.0 / cost.shape[0])
-        return ot.sinkhorn(w, w, cost / scale, self.reg, numItermax=self.num_iter,
-                           stopThr=self.stop_threshold)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # non-convergence: handled below
+            plan = ot.sinkhorn(w, w, cost / scale, self.reg, numItermax=self.num_iter,
+                               stopThr=self.stop_threshold)
+            if not (np.isfinite(plan).all() and (plan.sum(1) > 0).all()):
+                # the scaling iterations under/overflowed (a cost spread of many times
+                # reg·std): the log-domain iterations give the same plan without overflow
+                plan = ot.sinkhorn(w, w, cost / scale, self.reg, method="sinkhorn_log",
+                                   numItermax=self.num_iter, stopThr=self.stop_threshold)
+        return plan
 
     def plan(self, y: Tensor, z: Tensor) -> np.ndarray:
         """The ``(B, B)`` entropic plan of the whole batch (rows: data, columns: noise), each
