@@ -13,8 +13,13 @@ one continued), then, on the EMA weights and the same prior noise for every mode
   mean ± std over the seeds;
 * straightness: mean squared distance of a 100-step Euler trajectory from the chord between its
   end points, relative to the chord's squared length (0 = straight lines);
-* training-step cost: one objective + backward + Adam step at batch 512 with each coupling, on
-  the same network (in this process, 1 thread, median of repeated timed steps).
+* training-step cost: one objective + backward + Adam step at batch 512 with each coupling
+  variant (whole batch and ``block_size`` 128/64), on the same network: CPU time in this
+  process, 1 thread, the variants alternated step by step, median of 30 steps; and each plan's
+  mean squared pair distance.
+
+``--report-only`` writes the page from the finished runs under ``--root``; the page names every
+invocation that trained them (``invocations.json`` in the root).
 """
 
 from __future__ import annotations
