@@ -21,7 +21,7 @@ from unified_ode.objectives import (
     SinkhornOT,
     VelocityObjective,
 )
-from unified_ode.objectives.couplings import pair_cost
+from unified_ode.objectives.couplings import bisect_blocks, pair_cost, pairing_cost
 from unified_ode.physics import LinearField, PFGMPPField, RadialGeneralField, VEField, VPField
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runs_v0"
@@ -57,9 +57,85 @@ def test_sinkhorn_plan_has_uniform_marginals_and_interpolates_ot_and_independent
         SinkhornOT(reg=0)
 
 
+def test_bisection_blocks_partition_the_batch_into_co_located_equal_halves():
+    g = torch.Generator().manual_seed(6)
+    y = torch.randn(300, 3, generator=g, dtype=torch.float64).numpy()
+    z = torch.randn(300, 3, generator=g, dtype=torch.float64).numpy() * 2
+    blocks = bisect_blocks(y, z, 64)
+    assert all(len(r) == len(c) and 0 < len(r) <= 64 for r, c in blocks)
+    assert sorted(i for r, _ in blocks for i in r) == list(range(300))
+    assert sorted(j for _, c in blocks for j in c) == list(range(300))
+    assert len(bisect_blocks(y, z, 300)) == 1
+    with pytest.raises(ValueError, match="block_size"):
+        bisect_blocks(y, z, 0)
+    with pytest.raises(ValueError, match="block_size"):
+        ExactOT(block_size=0)
+
+
+def test_blocked_ot_is_a_permutation_optimal_within_blocks_and_exact_on_separated_clusters():
+    g = torch.Generator().manual_seed(7)
+    y, z = torch.randn(256, 2, generator=g), torch.randn(256, 2, generator=g)
+    cost = torch.as_tensor(pair_cost(y, z))
+    perm = ExactOT(block_size=64).pair(y, z)
+    assert sorted(perm.tolist()) == list(range(256))
+    rows = torch.arange(256)
+    blocked, exact = float(cost[rows, perm].mean()), float(cost[rows, ExactOT().pair(y, z)].mean())
+    assert exact <= blocked < 0.5 * float(cost[rows, rows].mean())
+    for r, c in bisect_blocks(y.double().numpy(), z.double().numpy(), 64):
+        sub = ExactOT().pair(y[r], z[c])  # the block's own optimum
+        torch.testing.assert_close(cost[r, perm[r]].sum(), cost[r, c[sub.numpy()]].sum())
+    # four far-apart clusters of 64 data and 64 noise points each: the bisection cuts between
+    # the clusters, and so does the whole batch's optimal plan, so the two plans cost the same
+    centres = torch.tensor([[-50.0, 0.0], [50.0, 0.0], [0.0, -50.0], [0.0, 50.0]])
+    y = (centres[:, None] + torch.randn(4, 64, 2, generator=g)).reshape(256, 2)
+    z = (centres[:, None] + torch.randn(4, 64, 2, generator=g))[torch.randperm(4, generator=g)]
+    z = z.reshape(256, 2)[torch.randperm(256, generator=g)]
+    cost = torch.as_tensor(pair_cost(y, z))
+    torch.testing.assert_close(cost[rows, ExactOT(block_size=64).pair(y, z)].sum(),
+                               cost[rows, ExactOT().pair(y, z)].sum())
+    # Sinkhorn on blocks: partners are drawn within the row's block
+    idx = SinkhornOT(block_size=64).pair(y, z, generator=torch.Generator().manual_seed(0))
+    for r, c in bisect_blocks(y.double().numpy(), z.double().numpy(), 64):
+        assert set(idx[r].tolist()) <= set(c.tolist())
+
+
+def test_sinkhorn_survives_pfgms_heavy_tailed_prior():
+    """A batch of 512 with PFGM's prior (draws out to |z| ~ 2.6e5, seed 0): POT's scaling
+    iterations underflow on its cost (291 plan rows of zero mass, so no partner can be drawn:
+    NaN row distributions); the log-domain fallback gives a finite plan
+    whose row marginals are uniform (columns: within 5% after the 20 iterations that the
+    test's time budget allows) and a valid pairing."""
+    import warnings
+
+    import numpy as np
+    import ot
+
+    from unified_ode.data import toy_samples
+    from unified_ode.physics import PoissonField
+
+    field = PoissonField()
+    y = toy_samples("checkerboard", 512, 0).double()
+    z = field.prior_scale() * field.sample_noise(y, generator=torch.Generator().manual_seed(0))
+    coupling = SinkhornOT(num_iter=20)
+    cost = pairing_cost(y, z)  # the cost the coupling solves
+    w = np.full(512, 1 / 512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = ot.sinkhorn(w, w, cost / cost.std(), coupling.reg, numItermax=20)
+    assert (plain.sum(1) == 0).sum() > 100  # what the fallback is for
+    plan = torch.as_tensor(coupling.plan(y, z))
+    assert torch.isfinite(plan).all() and (plan.sum(1) > 0).all()
+    torch.testing.assert_close(plan.sum(1), torch.full((512,), 1 / 512, dtype=plan.dtype))
+    torch.testing.assert_close(plan.sum(0), torch.full((512,), 1 / 512, dtype=plan.dtype),
+                               rtol=0.05, atol=0)
+    idx = coupling.pair(y, z, generator=torch.Generator().manual_seed(0))
+    assert idx.shape == (512,) and 0 <= int(idx.min()) and int(idx.max()) < 512
+
+
+@pytest.mark.parametrize("coupling", [ExactOT(), ExactOT(block_size=64)], ids=["ot", "ot_b64"])
 @pytest.mark.parametrize("factory", [LinearField, VEField, VPField, lambda: PFGMPPField(D=128)],
                          ids=["linear", "ve", "vp", "pfgmpp"])
-def test_coupled_kernel_keeps_its_endpoint_marginals(factory):
+def test_coupled_kernel_keeps_its_endpoint_marginals(factory, coupling):
     """At t -> 0 the coupled kernel sample is the data itself; at t_max it is the prior sample
     s(t_max)·eps up to a(t_max)·y, exactly as without coupling: the noise draws are only
     re-paired (a permutation), so the multiset of noise values is unchanged. Between the ends
@@ -68,7 +144,7 @@ def test_coupled_kernel_keeps_its_endpoint_marginals(factory):
     g = torch.Generator().manual_seed(2)
     y = torch.randn(256, 2, generator=g, dtype=torch.float64) * 0.5 + 1.0
     obj = VelocityObjective()
-    obj.set_coupling(ExactOT())
+    obj.set_coupling(coupling)
     obj.bind(field)
     eps = field.sample_noise(y, generator=torch.Generator().manual_seed(3))
     perm = obj.coupling.pair(y, field.prior_scale() * eps)
@@ -131,3 +207,20 @@ def test_coupling_independent_retrains_the_old_run_bit_for_bit(tmp_path: Path):
     for key in old:
         assert torch.equal(old[key], new[key]), key
     shutil.rmtree(run)
+
+
+def test_bench_straightness_is_zero_on_chords_and_the_same_for_images():
+    """bench/couplings.py's straightness: 0 on straight trajectories, the relative squared
+    deviation of a bent one (here: a kink of squared length 0.25 at 1 of 11 states over a
+    chord of squared length 1), whatever the sample shape ((K, B, d) or (K, B, C, H, W))."""
+    from bench.couplings import straightness
+
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)[:, None, None]
+    a, b = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
+    b[:, 0] = 1.0
+    line = a + (b - a) * t
+    assert straightness(line) == pytest.approx(0.0, abs=1e-15)
+    bent = line.clone()
+    bent[5, :, 1] += 0.5
+    assert straightness(bent) == pytest.approx(0.25 / 11)
+    assert straightness(bent.reshape(11, 3, 1, 2, 1)) == pytest.approx(0.25 / 11)
