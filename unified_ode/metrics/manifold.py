@@ -65,14 +65,28 @@ def inside_manifold(query: Tensor, support: Tensor, radii: Tensor,
     return out
 
 
+class PrecisionRecall:
+    """Precision and recall of sample sets against a fixed ``real`` ``(N, F)`` set with
+    ``k``-NN manifolds; the real set's radii are computed once (a study scores many sample
+    sets against one reference). ``__call__(fake)`` -> ``{"precision", "recall"}``."""
+
+    def __init__(self, real: Tensor, k: int = 3, block: int = 1024):
+        self.real, self.k, self.block = _features(real), int(k), int(block)
+        self.real_radii = knn_radii(self.real, self.k, self.block)
+
+    def __call__(self, fake: Tensor) -> dict:
+        fake = _features(fake)
+        precision = inside_manifold(fake, self.real, self.real_radii, self.block)
+        recall = inside_manifold(self.real, fake, knn_radii(fake, self.k, self.block),
+                                 self.block)
+        return {"precision": float(precision.double().mean()),
+                "recall": float(recall.double().mean())}
+
+
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3, block: int = 1024) -> dict:
     """``{"precision", "recall"}`` of ``fake`` ``(M, F)`` against ``real`` ``(N, F)`` with
     ``k``-NN manifolds (the paper's default ``k = 3``)."""
-    real, fake = _features(real), _features(fake)
-    precision = inside_manifold(fake, real, knn_radii(real, k, block), block)
-    recall = inside_manifold(real, fake, knn_radii(fake, k, block), block)
-    return {"precision": float(precision.double().mean()),
-            "recall": float(recall.double().mean())}
+    return PrecisionRecall(real, k, block)(fake)
 
 
 def data_floor(metrics: dict[str, Callable[[Tensor, Tensor], float | dict]], draw_a: Tensor,
@@ -91,4 +105,5 @@ def data_floor(metrics: dict[str, Callable[[Tensor, Tensor], float | dict]], dra
     return out
 
 
-__all__ = ["data_floor", "inside_manifold", "knn_radii", "precision_recall"]
+__all__ = ["PrecisionRecall", "data_floor", "inside_manifold", "knn_radii",
+           "precision_recall"]
