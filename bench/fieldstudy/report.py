@@ -79,6 +79,60 @@ def verdict(results: dict, preset: Preset) -> dict:
     return {"table": table, "met": met}
 
 
+def crossing(sigma: list[float], values: list[float], level: float = 0.5) -> float | None:
+    """The σ (log-interpolated) where ``values`` first rises through ``level``."""
+    for i in range(1, len(values)):
+        lo, hi = values[i - 1], values[i]
+        if lo < level <= hi:
+            f = (level - lo) / (hi - lo)
+            return float(math.exp(math.log(sigma[i - 1])
+                                  + f * (math.log(sigma[i]) - math.log(sigma[i - 1]))))
+    return None
+
+
+def reading(results: dict, preset: Preset) -> list[str]:
+    """Computed observations per data set: the bits/dim ranking and whether its gaps exceed
+    the seed spread, sample metrics relative to their floor, the tuned tail index, and from
+    the diagnostics where each field's posterior turns over and where its loss gap is largest.
+    """
+    lines = []
+    c0 = preset.cells[0][0]
+    for ds, res in results.items():
+        fields = {n: e for n, e in res["fields"].items() if e.get("seeds")}
+        if not fields:
+            continue
+        ranked = sorted(fields, key=lambda n: mean_std(seed_values(fields[n], None, "bits"))[0])
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        text = f"**{ds}**: bits/dim ranking " + " < ".join(ranked)
+        if second:
+            sep = beats(seed_values(fields[best], None, "bits"),
+                        seed_values(fields[second], None, "bits"), True)
+            text += (f"; {best} leads {second} by " + ("more" if sep else "less")
+                     + " than the seed spread")
+        floor = res["floors"]["sw"]
+        ratios = {n: mean_std(seed_values(e, c0, "sw"))[0] / floor for n, e in fields.items()}
+        text += (f". sw at {c0} is {min(ratios.values()):.1f}–{max(ratios.values()):.1f}× "
+                 f"its floor ({floor:.3g})")
+        ep = res["fields"].get("exppower", {}).get("tune")
+        if ep:
+            text += (f"; exppower's tuned tail index β = "
+                     f"{ep['best_params'].get('physics.beta', math.nan):.2f} (2 = VE)")
+        diag = {n: e["diagnostics"] for n, e in res["fields"].items() if "diagnostics" in e}
+        if diag:
+            parts = []
+            for n, d in diag.items():
+                cross = crossing(d["sigma"], d["entropy"])
+                gaps = [m - x for m, x in zip(d["loss_model"], d["loss_exact"])]
+                k = int(np.argmax(gaps))
+                parts.append(f"{n}: entropy ½ at σ ≈ "
+                             + ("—" if cross is None else f"{cross:.2g}")
+                             + f", largest loss gap at σ = {d['sigma'][k]:g} "
+                             f"({d['loss_model'][k]:.3g} vs exact {d['loss_exact'][k]:.3g})")
+            text += ". Diagnostics — " + "; ".join(parts)
+        lines += [text + ".", ""]
+    return lines
+
+
 def figures(out: Path, results: dict) -> list[str]:
     """One figure per data set: loss by noise level (model solid, exact dashed), posterior
     entropy over σ, and KL(p_tmax || prior) per field. Returns the file names."""
@@ -212,6 +266,7 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
         nf = sum(c.get("nonfinite", 0) for e in res["fields"].values()
                  for s in e.get("seeds", {}).values() for c in s["cells"].values())
         lines += [f"Non-finite samples (left out of the sample metrics): {nf}.", ""]
+    lines += ["## Reading the numbers (computed from the tables)", "", *reading(results, preset)]
     lines += ["## Verdict (computed)", ""]
     for label, per_ds in v["table"].items():
         lines.append(f"* {label}: new fields beating both ve and pfgmpp_D128 by more than "
