@@ -160,7 +160,7 @@ def figures(out: Path, results: dict) -> list[str]:
         ax[2].bar(range(len(diag)), kl, color=[f"C{i}" for i in range(len(diag))])
         ax[2].set_xticks(range(len(diag)), list(diag), rotation=20)
         ax[2].set_yscale("log")
-        ax[2].set(ylabel="nats", title="prior mismatch KL(p_tmax || prior)")
+        ax[2].set(ylabel="nats (≤ 1e-6 drawn at 1e-6)", title="prior mismatch KL(p_tmax || prior), MC")
         for a in ax[:2]:
             a.legend(fontsize=8)
             a.grid(alpha=0.3)
@@ -224,6 +224,10 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
         "of each. **Floor**: each sample metric for "
         f"another {preset.n:,} fresh data points against the same reference — what a "
         "perfect model scores.",
+        "* Not included: 8×8 digits (FID/KID at n ≥ 1000). The Inception pass costs ~190 s per "
+        "1000 images on one thread here, so scoring alone (5 fields × 3 seeds × 2 NFE budgets) "
+        "would take ~95 min of one core on top of the `--full` preset's ~80: it does not fit "
+        "a 3-hour session on 2 cores.",
         "* **Verdict rule** (issue 17's target): a new field (radial, exppower) beats a "
         "baseline on a metric when its mean is better by more than the larger of the two "
         "seed standard deviations; the target needs both baselines beaten on ≥ 2 data sets.",
