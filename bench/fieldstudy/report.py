@@ -160,7 +160,8 @@ def figures(out: Path, results: dict) -> list[str]:
         ax[2].bar(range(len(diag)), kl, color=[f"C{i}" for i in range(len(diag))])
         ax[2].set_xticks(range(len(diag)), list(diag), rotation=20)
         ax[2].set_yscale("log")
-        ax[2].set(ylabel="nats (≤ 1e-6 drawn at 1e-6)", title="prior mismatch KL(p_tmax || prior), MC")
+        ax[2].set(ylabel="nats (≤ 1e-6 drawn at 1e-6)",
+                  title="prior mismatch KL(p_tmax || prior), MC")
         for a in ax[:2]:
             a.legend(fontsize=8)
             a.grid(alpha=0.3)
