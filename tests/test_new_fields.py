@@ -2,19 +2,14 @@
 direct data-vs-data measurement, a rerun reuses everything, a changed run is refused."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.fieldstudy.cli import main  # noqa: E402
-from bench.fieldstudy.presets import PRESETS  # noqa: E402
-from bench.fieldstudy.runs import FLOOR_SEED, REF_SEED  # noqa: E402
-from unified_ode.data.toy2d import toy_samples  # noqa: E402
-from unified_ode.metrics import mmd_rbf, precision_recall, sliced_wasserstein  # noqa: E402
+from bench.fieldstudy.cli import main
+from bench.fieldstudy.presets import PRESETS
+from bench.fieldstudy.runs import FLOOR_SEED, REF_SEED
+from unified_ode.data.toy2d import toy_samples
+from unified_ode.metrics import mmd_rbf, precision_recall, sliced_wasserstein
 
 pytestmark = pytest.mark.slow
 
