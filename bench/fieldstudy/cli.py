@@ -1,0 +1,134 @@
+"""The command line of ``python bench/new_fields.py``: per data set, tune every field, retrain
+each best setting with every seed, score, diagnose; the report is rewritten after each data set
+(so a stopped study still leaves a labelled page of what finished)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .presets import FIELDS, PRESETS
+from .runs import ROOT, final_run_dir, log, train_final, tune
+
+
+def parse_args(argv=None):
+    import bench.new_fields as entry
+
+    p = argparse.ArgumentParser(prog="bench/new_fields.py", description=entry.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--full", action="store_true", help="same as --preset full")
+    p.add_argument("--smoke", action="store_true", help="same as --preset smoke")
+    p.add_argument("--root", help="where runs go (default outputs/new_fields_<preset>)")
+    p.add_argument("--out", help="the page (default docs/new_fields.md; <root>/new_fields.md "
+                   "for --smoke); figures and <stem>.json beside it")
+    p.add_argument("--datasets", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--fields", type=lambda s: [x for x in s.split(",") if x])
+    p.add_argument("--report-only", action="store_true", help="no training: rewrite the page "
+                   "from the finished runs")
+    args = p.parse_args(argv)
+    if args.full:
+        args.preset = "full"
+    if args.smoke:
+        args.preset = "smoke"
+    return args
+
+
+def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_only: bool
+                  ) -> dict:
+    """Tune, retrain, score and diagnose every field on ``dataset``; what is missing (with
+    ``report_only``) is left out."""
+    from .diagnostics import diagnose
+    from .scores import References, score_run
+
+    refs = References(dataset, preset)
+    floors_path = root / "floors" / f"{dataset}.json"
+    if floors_path.is_file():
+        floors = json.loads(floors_path.read_text())
+    else:
+        floors = refs.floors()
+        floors_path.parent.mkdir(parents=True, exist_ok=True)
+        floors_path.write_text(json.dumps(floors, indent=2))
+    log(f"{dataset}: data-vs-data floor at n={floors['n']}: sw {floors['sw']:.5f}, "
+        f"mmd {floors['mmd']:.3g}, precision {floors['precision']:.4f}, "
+        f"recall {floors['recall']:.4f}")
+    out = {"floors": floors, "fields": {}}
+    for name in fields:
+        spec = FIELDS[name]
+        entry = {"new": spec.new}
+        sdir = root / "tune" / dataset / name
+        if report_only and not (sdir / "optuna.db").is_file():
+            continue
+        entry["tune"] = tune(root, preset, dataset, spec, refs.val) if not report_only \
+            else _tuned(root, preset, dataset, spec, refs)
+        if entry["tune"] is None:
+            continue
+        entry["seeds"] = {}
+        for seed in preset.seeds:
+            run_dir = final_run_dir(root, dataset, name, seed)
+            if report_only and not (run_dir / "scores.json").is_file():
+                continue
+            if not report_only:
+                train_final(root, preset, dataset, spec, entry["tune"]["best_params"], seed)
+            entry["seeds"][seed] = score_run(run_dir, refs, preset)
+        first = final_run_dir(root, dataset, name, preset.seeds[0])
+        if (first / "done.json").is_file() and (not report_only
+                                                or (first / "diagnostics.json").is_file()):
+            entry["diagnostics"] = diagnose(first, refs.reference, preset.diag_n)
+        out["fields"][name] = entry
+    return out
+
+
+def _tuned(root, preset, dataset, spec, refs):
+    """The finished study's result without running trials (``--report-only``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = root / "tune" / dataset / spec.name / "optuna.db"
+    study = optuna.load_study(study_name=f"{dataset}-{spec.name}", storage=f"sqlite:///{db}")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = min(complete, key=lambda t: t.value)
+    return {"best_params": best.params, "best_value": best.value,
+            "trials": [{"number": t.number, "value": t.value, "params": t.params}
+                       for t in complete]}
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from .report import write_report
+
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    torch.set_num_threads(1)
+    root = Path(args.root or ROOT / "outputs" / f"new_fields_{preset.name}")
+    out = Path(args.out) if args.out else (root / "new_fields.md" if preset.name == "smoke"
+                                           else ROOT / "docs" / "new_fields.md")
+    datasets = args.datasets or list(preset.datasets)
+    fields = args.fields or list(preset.fields)
+    unknown = [f for f in fields if f not in FIELDS]
+    if unknown:
+        raise SystemExit(f"unknown field(s) {unknown}; known: {sorted(FIELDS)}")
+    invocations = root / "invocations.json"
+    root.mkdir(parents=True, exist_ok=True)
+    history = json.loads(invocations.read_text()) if invocations.is_file() else []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    results = {}
+    command = "python bench/new_fields.py " + (f"--preset {preset.name}")
+    for ds in datasets:
+        results[ds] = study_dataset(root, preset, ds, fields, args.report_only)
+        # the page after each data set: a stopped study leaves what finished, labelled
+        spent = {"cpu_seconds": time.process_time() - cpu0,
+                 "wall_seconds": time.perf_counter() - wall0}
+        write_report(out, preset, results, [*history, spent], command,
+                     pending=[d for d in datasets if d not in results])
+    history.append({"cpu_seconds": time.process_time() - cpu0,
+                    "wall_seconds": time.perf_counter() - wall0,
+                    "report_only": bool(args.report_only)})
+    invocations.write_text(json.dumps(history, indent=2))
+    log(f"done: {out}")
+    return results

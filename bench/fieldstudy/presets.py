@@ -1,0 +1,104 @@
+"""What is compared and how much each field gets: the fields with their search spaces, and the
+presets (``smoke``, ``small``, ``full``).
+
+A field's search space is a list of knobs ``(override key, kind, low, high)`` (``kind``:
+``log`` / ``float`` for a range, ``cat`` for a list of choices in ``low``). Every field tunes
+the same common knobs (learning rate, EMA half-life, the training-time law ``ln σ ~
+N(p_mean, p_std²)``, ``t_max`` in its own range) plus its own field parameters. The fixed
+overrides pin what is not tuned (PFGM++'s ``D = 128`` is the baseline issue 17 names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COMMON = [
+    ("optim.lr", "log", 5e-4, 8e-3),
+    ("callbacks.ema.half_life_images", "log", 1e4, 1e6),
+    ("physics.train_p_mean", "float", -2.0, 0.5),
+    ("physics.train_p_std", "float", 0.8, 2.0),
+]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """A compared field: its fixed train.py overrides and its own knobs (after COMMON)."""
+    name: str
+    overrides: tuple[str, ...]
+    knobs: tuple = ()
+    #: True for fields built with the unified method (candidates for issue 17's target).
+    new: bool = False
+
+    def space(self) -> list:
+        return [*COMMON, *self.knobs]
+
+
+FIELDS = {
+    "ve": FieldSpec("ve", ("physics=ve",), (("physics.t_max", "log", 5.0, 160.0),)),
+    "pfgmpp_D128": FieldSpec("pfgmpp_D128", ("physics=pfgmpp", "physics.D=128"),
+                             (("physics.t_max", "log", 5.0, 160.0),)),
+    "poisson": FieldSpec("poisson", ("physics=poisson",),
+                         (("physics.t_max", "log", 10.0, 400.0),)),
+    "radial": FieldSpec("radial", ("physics=radial",),
+                        (("physics.t_max", "log", 20.0, 400.0),
+                         ("physics.profile", "cat", ("tanh", "exp"), None)), new=True),
+    "exppower": FieldSpec("exppower", ("physics=exppower",),
+                          (("physics.t_max", "log", 5.0, 160.0),
+                           ("physics.beta", "log", 0.5, 8.0)), new=True),
+}
+#: the classics the target names: a new field must beat both
+BASELINES = ("ve", "pfgmpp_D128")
+
+TOY_NETWORK = ("network=mlp", "network.width=128", "network.depth=3")
+
+
+@dataclass
+class Preset:
+    """Budgets of one study. ``trials`` × ``trial_steps``: the tuning budget per field and
+    data set (identical for every field); ``seeds`` × ``final_steps``: the retraining of
+    each field's best setting; ``n``: generated samples scored per sampling setting (and the
+    size of the reference and floor draws; sliced W2 uses all of them, MMD and precision/recall
+    the first ``n_heavy``); ``nll_n`` / ``tune_nll_n``: held-out points of
+    the bits/dim (final / tuning)."""
+    name: str
+    datasets: tuple[str, ...]
+    fields: tuple[str, ...]
+    trials: int
+    trial_steps: int
+    seeds: tuple[int, ...]
+    final_steps: int
+    n: int
+    nll_n: int
+    tune_nll_n: int
+    network: tuple[str, ...] = TOY_NETWORK
+    extra: tuple[str, ...] = ()
+    #: sampling settings: (label, solver, steps); NFE ≤ 10 and ≤ 35 budgets
+    cells: tuple = (("nfe10", "dpmpp2m", 10), ("nfe35", "heun", 18))
+    #: points of MMD and precision/recall (the first ``n_heavy`` of the ``n``; None: all):
+    #: their cost grows like n², sw's like n log n
+    n_heavy: int | None = None
+    diag_n: int = 1000
+    notes: str = ""
+    tune_seed: int = 0
+    sizes: dict = field(default_factory=dict)
+
+
+TOYS = ("checkerboard", "eight_gaussians", "moons")
+
+PRESETS = {
+    "smoke": Preset("smoke", ("checkerboard",), ("ve", "exppower"), trials=1, trial_steps=10,
+                    seeds=(0, 1), final_steps=10, n=400, n_heavy=300, nll_n=40,
+                    tune_nll_n=40,
+                    network=("network=mlp", "network.width=32", "network.depth=1"),
+                    extra=("dataset.n_train=2048", "dataset.batch_size=128"), diag_n=100,
+                    notes="a pipeline check (seconds), not a measurement"),
+    "small": Preset("small", TOYS, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
+                    final_steps=250, n=10_000, n_heavy=2000, nll_n=500, tune_nll_n=200,
+                    diag_n=500,
+                    notes="sized for ~4 CPU-minutes of one core per data set, what a shared "
+                    "machine under load ~10 allowed in one hour"),
+    "full": Preset("full", TOYS, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
+                   final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500,
+                   notes="~80 CPU-minutes of one core (estimated from the small preset's "
+                   "per-run costs): fits a 3-hour session on 2 cores"),
+}
