@@ -161,6 +161,11 @@ class ExactPosterior(nn.Module):
         self.threads = None if threads is None else int(threads)
         self._radius = None
         self._data_mean = None
+        #: ``||y_j||²`` ``(M,)`` of the data, for the matrix-product distances (computed once:
+        #: per call it would be an ``(m, d)`` temporary per chunk pair)
+        self._sqnorm = None if self.direct else torch.cat([
+            torch.linalg.vector_norm(c, dim=1).square()
+            for c in self.data.flatten(1).split(self.data_chunk)])
 
     # --- the two posterior averages ------------------------------------------------------
     @torch.no_grad()
@@ -330,7 +335,8 @@ class ExactPosterior(nn.Module):
                     acc.update(ell, scale=scale)
                 continue
             y = self.data[j:j + self.data_chunk]
-            logits = self.field.pairwise_posterior_logits(x, y, t).to(self.dtype)
+            logits = self.field.pairwise_posterior_logits(
+                x, y, t, y_sqnorm=self._sqnorm[j:j + self.data_chunk]).to(self.dtype)
             if not width:
                 acc.update(logits)
             elif velocity:
