@@ -234,7 +234,8 @@ def test_scaled_log_prob_is_the_log_density_up_to_a_row_constant(name):
 
 def test_threads_split_query_chunks_with_the_same_result():
     """``threads=2`` computes query chunks concurrently (torch single-threaded meanwhile, its
-    thread count restored after) and gives bit-for-bit the field of ``threads=1``."""
+    thread count restored after) and gives bit-for-bit the field of ``threads=1``; with
+    fewer queries than two chunks, the chunks shrink (each thread gets one), same field."""
     data = toy_samples("checkerboard", 3000, 0)
     x = torch.randn(70, 2, generator=torch.Generator().manual_seed(7)) * 2
     t = torch.full((70,), 0.3)
@@ -244,5 +245,8 @@ def test_threads_split_query_chunks_with_the_same_result():
         two = ExactPosterior(field, data, query_chunk=16, threads=2)(x, t)
         assert torch.get_num_threads() == before
         assert torch.equal(one, two)
+        # fewer queries than threads x query_chunk: smaller chunks, the same field
+        few = ExactPosterior(field, data, threads=2)(x[:5], t[:5])
+        torch.testing.assert_close(few, one[:5], rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="network.threads"):
         ExactPosterior(VEField(), data, threads=0)

@@ -113,12 +113,13 @@ class ExactPosterior(nn.Module):
         (default: when the call's ``N·M·d`` reaches :data:`PROGRESS_MIN_WORK` and stderr is a
         terminal). Per-step progress of a whole solve is the solver's.
     threads:
-        Query chunks computed concurrently, each on one core (``None``: torch's intra-op
-        thread count, ``torch.get_num_threads()``). With more than one, torch runs
-        single-threaded during the call (its thread count is restored after), so that the
-        cores share the chunks, not every small operation: measured 17x faster on 2 cores
-        shared with other processes, where per-operation threads wait on each other. The
-        result does not depend on it (the chunks are the same).
+        Cores used on the CPU: query chunks computed concurrently, one core each (``None``:
+        torch's intra-op thread count, ``torch.get_num_threads()``). Torch itself runs
+        single-threaded during a call (its thread count is restored after), so that the
+        cores share whole chunks, not every small operation (2 intra-op threads on 2 busy
+        cores: 17x the CPU time of one, measured). With fewer queries than
+        ``threads × query_chunk`` the chunks shrink so that each thread gets one; otherwise
+        the chunks, and the result, do not depend on ``threads``.
     """
 
     def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
@@ -253,29 +254,32 @@ class ExactPosterior(nn.Module):
         n = x.shape[0]
         xc = x.detach().to(self.dtype)
         tc = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(n)
-        starts = range(0, n, self.query_chunk)
+        workers = self.workers() if x.device.type == "cpu" else 1
+        size = max(1, min(self.query_chunk, -(-n // workers)))  # a chunk for each worker
+        starts = range(0, n, size)
+        workers = min(workers, len(starts))
         show = self.progress
         if show is None:
             show = n * self.data.shape[0] * self.dim >= PROGRESS_MIN_WORK and sys.stderr.isatty()
 
         def chunk(i):
             with torch.no_grad():  # grad mode is per thread
-                return self._chunk(xc[i:i + self.query_chunk], tc[i:i + self.query_chunk],
-                                   velocity)
+                return self._chunk(xc[i:i + size], tc[i:i + size], velocity)
 
-        workers = min(self.workers(), len(starts)) if x.device.type == "cpu" else 1
-        if workers > 1:
-            # whole query chunks in parallel, one core each: no thread barrier per operation
-            # (torch's own threads would meet ~20 barriers per data chunk)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # new threads start single-threaded
-            try:
+        # On the CPU torch runs single-threaded during the call and whole query chunks go to
+        # `workers` threads (one core each): torch's own threads would meet at a barrier after
+        # each of the ~20 operations per data chunk, which costs 17x on busy cores (measured).
+        threads = torch.get_num_threads()
+        if x.device.type == "cpu":
+            torch.set_num_threads(1)  # threads started now inherit it
+        try:
+            if workers > 1:
                 with ThreadPoolExecutor(workers, thread_name_prefix="exact") as pool:
                     results = list(self._bar(pool.map(chunk, starts), len(starts), show))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            results = [chunk(i) for i in self._bar(starts, len(starts), show)]
+            else:
+                results = [chunk(i) for i in self._bar(starts, len(starts), show)]
+        finally:
+            torch.set_num_threads(threads)
         outs, masses, neglected = zip(*results)
         # one host synchronisation per call, after the loop
         if not bool(torch.cat(masses).all()):
