@@ -13,6 +13,10 @@ For isotropic affine fields the logits come from squared distances by one matrix
 ``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
 average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
 
+Threads. On the CPU whole query chunks go to ``threads`` worker threads (one core each) while
+torch runs single-threaded: per-operation intra-op threads wait at a barrier after every
+small operation of the chunk loop (docs/exact.md, Threads).
+
 Precision (measured against a float64 pair-by-pair softmax, tests/test_exact.py: drift within
 1e-5 from ``t_min`` to ``t_max`` for poisson, pfgmpp, ve, vp, linear and radial_general on toy,
 digits and 3,072-d data). Float32 matrix-product distances have an absolute error of about
