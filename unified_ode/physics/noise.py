@@ -221,11 +221,14 @@ class StudentTNoise(NoiseLaw):
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1
+        # (base + delta >= 0 up to rounding: clamped in place, no new chunk-sized tensor)
         denom = base + self.dof
-        ratio = delta.div_(denom) if inplace else delta / denom
-        ratio = torch.maximum(ratio, -base / denom)
+        delta = delta.clamp_(min=-base) if inplace else delta.clamp(min=-base)
         p = 0.5 * (self.dof + dim)
-        return log1p_fast_(ratio, p).mul_(-p)
+        if p * torch.finfo(delta.dtype).eps <= 1e-5:  # log(1 + r) suffices (log1p_fast_)
+            one = torch.ones((), dtype=delta.dtype, device=delta.device)
+            return torch.addcdiv(one, delta, denom, out=delta).log_().mul_(-p)
+        return delta.div_(denom).log1p_().mul_(-p)
 
     def mixture_precisions(self):
         # eps = g / sqrt(w), w = chi2_dof / dof: a Gaussian scale mixture. A fixed draw (seeded)
