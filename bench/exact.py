@@ -14,7 +14,8 @@ repeats). The exact field needs two such passes for ``d`` above the direct-path 
 distances and the weighted sum), so 50 % of the matmul rate is the ideal there; at ``d = 2``
 the direct path does not multiply matrices at all. Peak memory: the process's peak resident
 size minus its size just before the data were made, against the data's own size (one copy)
-and the working set of one chunk.
+and the working set of one query chunk (logits, and the differences on the direct path or the
+query-sized arrays on the matrix-product path).
 
 **Truncation.** ``--topk-points`` float32 points in 3,072 dims near a 16-dimensional manifold
 (close neighbours, as real images have), ``--queries`` states from the kernel around data
@@ -90,7 +91,12 @@ def one(dim: int, points: int, queries: int, repeats: int) -> dict:
                 torch.mm(x[i:i + qc], data[j:j + dc].T)
         mm_best = min(mm_best, time.process_time() - start)
     work = queries * points * dim
-    working_set = qc * dc * model.data.element_size() * (2 + (model.dim if model.direct else 0))
+    # one query chunk's working set: logits (and their weights' buffer) plus, on the direct
+    # path, the differences (qc x d x dc); on the matrix-product path the (qc x d) queries,
+    # their scaled copy, the accumulator and the output
+    elt = model.data.element_size()
+    working_set = qc * dc * elt * (2 + model.dim) if model.direct else (
+        qc * dc * elt * 2 + 4 * min(qc, queries) * dim * elt)
     return {"d": dim, "M": points, "N": queries, "dtype": str(model.dtype).split(".")[-1],
             "path": "direct" if model.direct else "matmul", "seconds": best,
             "rate": work / best, "mm_rate": work / mm_best, "peak_bytes": peak,
