@@ -198,3 +198,63 @@ def test_progress_bar_over_query_chunks(capsys):
     model = ExactPosterior(VEField(), torch.randn(50, 3), query_chunk=4, progress=True)
     model(torch.randn(10, 3), torch.full((10,), 0.5))
     assert "exact field" in capsys.readouterr().err
+
+
+def test_streaming_softmax_with_a_scale_matches_one_shot():
+    """``update(ell, scale=...)`` (logits ``scale · ell``, the product folded into the shift
+    pass) equals the one-shot softmax, for a negative number and a per-row tensor."""
+    g = torch.Generator().manual_seed(5)
+    ell = torch.rand(6, 200, generator=g, dtype=torch.float64) * 40
+    values = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    for scale in (-1.5, -torch.rand(6, 1, generator=g, dtype=torch.float64) - 0.1):
+        acc = StreamingSoftmax(6, 2, dtype=torch.float64)
+        for j in range(0, 200, 48):
+            acc.update(ell[:, j:j + 48].clone(), values[j:j + 48], scale=scale)
+        logits = scale * ell
+        torch.testing.assert_close(acc.mean(), torch.softmax(logits, dim=1) @ values)
+        torch.testing.assert_close(acc.log_normaliser(), torch.logsumexp(logits, dim=1))
+
+
+@pytest.mark.parametrize("name", ["poisson", "pfgmpp", "ve"])
+def test_scaled_log_prob_is_the_log_density_up_to_a_row_constant(name):
+    """``NoiseLaw.scaled_log_prob_`` returns ``(ell, scale)`` whose ``scale · ell`` differs from
+    ``log_prob_sqnorm`` at the scaled squared norm by a constant along each row (both the
+    ``log`` and the ``log1p`` branch of the Student-t law: D = 128 in 2 and in 200 dims)."""
+    field = FIELDS[name]()
+    g = torch.Generator().manual_seed(6)
+    for dim in (2, 200):
+        sq = torch.rand(5, 64, generator=g, dtype=torch.float64) * 9
+        inv_var = torch.rand(5, 1, generator=g, dtype=torch.float64) * 100 + 0.5
+        ref = field.noise.log_prob_sqnorm(sq * inv_var, dim)
+        ell, scale = field.noise.scaled_log_prob_(sq.clone(), inv_var, dim)
+        got = ell if scale is None else scale * ell
+        gap = ref - got
+        torch.testing.assert_close(gap, gap[:, :1].expand_as(gap), rtol=0, atol=1e-9)
+
+
+def test_threads_split_query_chunks_with_the_same_result():
+    """``threads=2`` computes query chunks concurrently (torch single-threaded meanwhile, its
+    thread count restored after) and gives bit-for-bit the field of ``threads=1``; with
+    fewer queries than two chunks, the chunks shrink (each thread gets one), same field."""
+    data = toy_samples("checkerboard", 3000, 0)
+    x = torch.randn(70, 2, generator=torch.Generator().manual_seed(7)) * 2
+    t = torch.full((70,), 0.3)
+    for field in (PoissonField(), VPField()):
+        one = ExactPosterior(field, data, query_chunk=16, threads=1)(x, t)
+        before = torch.get_num_threads()
+        two = ExactPosterior(field, data, query_chunk=16, threads=2)(x, t)
+        assert torch.get_num_threads() == before
+        assert torch.equal(one, two)
+        # fewer queries than threads x query_chunk: smaller chunks, the same field
+        few = ExactPosterior(field, data, threads=2)(x[:5], t[:5])
+        torch.testing.assert_close(few, one[:5], rtol=1e-6, atol=0)
+    # the matrix-product path (40 dims) and the non-affine velocity average
+    g = torch.Generator().manual_seed(8)
+    for field, pts in ((PoissonField(), torch.rand(500, 40, generator=g)),
+                       (RadialGeneralField(), data[:300])):
+        xs = torch.randn(40, pts.shape[1], generator=g)
+        one = ExactPosterior(field, pts, query_chunk=8, threads=1).posterior_velocity(xs, t[:40])
+        two = ExactPosterior(field, pts, query_chunk=8, threads=2).posterior_velocity(xs, t[:40])
+        assert torch.equal(one, two)
+    with pytest.raises(ValueError, match="network.threads"):
+        ExactPosterior(VEField(), data, threads=0)

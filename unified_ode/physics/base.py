@@ -112,11 +112,14 @@ class Field(abc.ABC):
         te = te.unsqueeze(1).expand(n, m).reshape(-1)
         return self.kernel_log_prob(xe, ye, te).view(n, m)
 
-    def pairwise_posterior_logits(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+    def pairwise_posterior_logits(self, x: Tensor, y: Tensor, t: Tensor,
+                                  y_sqnorm: Tensor | None = None) -> Tensor:
         """Logits ``(N, M)`` of the posterior ``p(y_j | x_i, t)`` over a finite set: ``log
         p_t(x_i | y_j)`` up to a constant per query row (the softmax over ``j`` is the same).
         Default: :meth:`pairwise_kernel_log_prob`; isotropic affine fields drop the common part
-        so that float32 keeps the differences that decide the posterior."""
+        so that float32 keeps the differences that decide the posterior. ``y_sqnorm``:
+        optionally ``||y_j||²`` ``(M,)``, precomputed by a caller that streams over the same
+        points many times (fields that do not need it ignore it)."""
         return self.pairwise_kernel_log_prob(x, y, t)
 
     @abc.abstractmethod
@@ -299,7 +302,7 @@ class AffineField(Field):
         out = self.noise.log_prob_sqnorm(sq, d, inplace=True)
         return out.sub_(d * torch.log(s)[:, None])
 
-    def pairwise_posterior_logits(self, x, y, t):
+    def pairwise_posterior_logits(self, x, y, t, y_sqnorm=None):
         """``log p_t(x_i | y_j) − log p_t(x_i | reference)`` for isotropic noise, where the
         reference has ``||eps||² = ||x_i||²/s²`` (the point ``y = 0``): with ``u = x/s`` and
         ``r = a/s``, ``||eps||² = ||u||² + δ`` and ``δ = r² ||y||² − 2 r u·y`` comes from one
@@ -313,7 +316,9 @@ class AffineField(Field):
         a, s = self.a(t), self.s(t)
         u, yf = x.flatten(1) / s[:, None], y.flatten(1)
         r = a / s
-        delta = torch.mm(u * (-2.0 * r)[:, None], yf.T).addr_(r * r, (yf * yf).sum(1))
+        if y_sqnorm is None:
+            y_sqnorm = torch.linalg.vector_norm(yf, dim=1).square()  # no (M, d) temporary
+        delta = torch.mm(u * (-2.0 * r)[:, None], yf.T).addr_(r * r, y_sqnorm)
         base = (u * u).sum(1, keepdim=True)
         return self.noise.log_prob_sqnorm_shift(delta, base, event_dim(x), inplace=True)
 

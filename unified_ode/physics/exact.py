@@ -13,6 +13,10 @@ For isotropic affine fields the logits come from squared distances by one matrix
 ``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
 average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
 
+Threads. On the CPU whole query chunks go to ``threads`` worker threads (one core each) while
+torch runs single-threaded: per-operation intra-op threads wait at a barrier after every
+small operation of the chunk loop (docs/exact.md, Threads).
+
 Precision (measured against a float64 pair-by-pair softmax, tests/test_exact.py: drift within
 1e-5 from ``t_min`` to ``t_max`` for poisson, pfgmpp, ve, vp, linear and radial_general on toy,
 digits and 3,072-d data). Float32 matrix-product distances have an absolute error of about
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -111,11 +116,20 @@ class ExactPosterior(nn.Module):
         Show a progress bar over the query chunks of one call: ``True``, ``False``, or ``None``
         (default: when the call's ``N·M·d`` reaches :data:`PROGRESS_MIN_WORK` and stderr is a
         terminal). Per-step progress of a whole solve is the solver's.
+    threads:
+        Cores used on the CPU: query chunks computed concurrently, one core each (``None``:
+        torch's intra-op thread count, ``torch.get_num_threads()``). Torch itself runs
+        single-threaded during a call (its thread count is restored after), so that the
+        cores share whole chunks, not every small operation (2 intra-op threads on 2 busy
+        cores: 17x the CPU time of one, measured). With fewer queries than
+        ``threads × query_chunk`` the chunks shrink so that each thread gets one; otherwise
+        the chunks, and the result, do not depend on ``threads``.
     """
 
     def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
                  query_chunk: int = 256, data_chunk: int = 2048, dtype="auto",
-                 top_k: int | None = None, progress: bool | None = None):
+                 top_k: int | None = None, progress: bool | None = None,
+                 threads: int | None = None):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
@@ -123,6 +137,9 @@ class ExactPosterior(nn.Module):
         if int(query_chunk) < 1 or int(data_chunk) < 1:
             raise ValueError("network.query_chunk and network.data_chunk must be >= 1, got "
                              f"{query_chunk} and {data_chunk}")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"network.threads must be a positive number of threads or null "
+                             f"(torch's thread count), got {threads}")
         if top_k is not None and int(top_k) < 1:
             raise ValueError(f"network.top_k must be a positive number of points or null "
                              f"(all points), got {top_k}")
@@ -146,8 +163,14 @@ class ExactPosterior(nn.Module):
         self.last_neglected_mass = torch.zeros(())
         self.max_neglected_mass = torch.zeros(())
         self.progress = progress
+        self.threads = None if threads is None else int(threads)
         self._radius = None
         self._data_mean = None
+        #: ``||y_j||²`` ``(M,)`` of the data, for the matrix-product distances (computed once:
+        #: per call it would be an ``(m, d)`` temporary per chunk pair)
+        self._sqnorm = None if self.direct else torch.cat([
+            torch.linalg.vector_norm(c, dim=1).square()
+            for c in self.data.flatten(1).split(self.data_chunk)])
 
     # --- the two posterior averages ------------------------------------------------------
     @torch.no_grad()
@@ -235,21 +258,33 @@ class ExactPosterior(nn.Module):
         n = x.shape[0]
         xc = x.detach().to(self.dtype)
         tc = torch.as_tensor(t, dtype=self.dtype, device=x.device).expand(n)
-        outs, masses, neglected = [], [], []
-        starts = range(0, n, self.query_chunk)
+        workers = self.workers() if x.device.type == "cpu" else 1
+        size = max(1, min(self.query_chunk, -(-n // workers)))  # a chunk for each worker
+        starts = range(0, n, size)
+        workers = min(workers, len(starts))
         show = self.progress
         if show is None:
             show = n * self.data.shape[0] * self.dim >= PROGRESS_MIN_WORK and sys.stderr.isatty()
-        if show:
-            from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="exact field", unit="chunk", leave=False)
-        for i in starts:
-            out, has_mass, lost = self._chunk(xc[i:i + self.query_chunk],
-                                              tc[i:i + self.query_chunk], velocity)
-            outs.append(out)
-            masses.append(has_mass)
-            neglected.append(lost)
+        def chunk(i):
+            with torch.no_grad():  # grad mode is per thread
+                return self._chunk(xc[i:i + size], tc[i:i + size], velocity)
+
+        # On the CPU torch runs single-threaded during the call and whole query chunks go to
+        # `workers` threads (one core each): torch's own threads would meet at a barrier after
+        # each of the ~20 operations per data chunk, which costs 17x on busy cores (measured).
+        threads = torch.get_num_threads()
+        if x.device.type == "cpu":
+            torch.set_num_threads(1)  # threads started now inherit it
+        try:
+            if workers > 1:
+                with ThreadPoolExecutor(workers, thread_name_prefix="exact") as pool:
+                    results = list(self._bar(pool.map(chunk, starts), len(starts), show))
+            else:
+                results = [chunk(i) for i in self._bar(starts, len(starts), show)]
+        finally:
+            torch.set_num_threads(threads)
+        outs, masses, neglected = zip(*results)
         # one host synchronisation per call, after the loop
         if not bool(torch.cat(masses).all()):
             raise FloatingPointError(
@@ -262,6 +297,19 @@ class ExactPosterior(nn.Module):
                                                 self.last_neglected_mass)
         return torch.cat(outs)
 
+    def workers(self) -> int:
+        """Query chunks computed concurrently: :attr:`threads`, or torch's intra-op thread
+        count when that is ``None``."""
+        return max(1, int(self.threads or torch.get_num_threads()))
+
+    @staticmethod
+    def _bar(items, total: int, show: bool):
+        if not show:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, total=total, desc="exact field", unit="chunk", leave=False)
+
     def _chunk(self, x: Tensor, t: Tensor, velocity: bool):
         """One query chunk: ``(average (n, *shape), has_mass (n,), neglected mass (n,))``.
         The average is ``E[y]`` (``E[v]`` with ``velocity``), or on the direct path the
@@ -273,22 +321,30 @@ class ExactPosterior(nn.Module):
         if self.direct:
             a, s = self.field.a(t), self.field.s(t)
             xf = x.flatten(1)
+            inv_var = (1.0 / s**2)[:, None]
+            # one buffer each for the differences and the logits, reused by every data chunk
+            cap = min(self.data_chunk, flat.shape[0])
+            diff_buf = torch.empty(n * self.dim * cap, dtype=self.dtype, device=x.device)
+            sq_buf = torch.empty(n * cap, dtype=self.dtype, device=x.device)
         for j in range(0, flat.shape[0], self.data_chunk):
             if self.direct:
-                diffs = self._differences(xf, flat[j:j + self.data_chunk].T.contiguous(), a)
-                sq = diffs[:, 0] * diffs[:, 0]
+                yt = flat[j:j + self.data_chunk].T.contiguous()
+                m = yt.shape[1]
+                diffs = self._differences(xf, yt, a, diff_buf[:n * self.dim * m]
+                                          .view(n, self.dim, m))
+                sq = torch.mul(diffs[:, 0], diffs[:, 0], out=sq_buf[:n * m].view(n, m))
                 for k in range(1, self.dim):
                     sq.addcmul_(diffs[:, k], diffs[:, k])
-                logits = self.field.noise.log_prob_sqnorm(sq.mul_((1.0 / s**2)[:, None]),
-                                                          self.dim, inplace=True)
-                if width:
-                    acc.update(logits, weighted_sum=lambda w, diffs=diffs:
-                               torch.bmm(diffs, w.unsqueeze(2)).squeeze(2))
+                ell, scale = self.field.noise.scaled_log_prob_(sq, inv_var, self.dim)
+                if width:  # the residual: (n, 1, m) @ (n, m, d), a batched row-vector product
+                    acc.update(ell, scale=scale, weighted_sum=lambda w, diffs=diffs: torch.bmm(
+                        w.unsqueeze(1), diffs.transpose(1, 2)).squeeze(1))
                 else:
-                    acc.update(logits)
+                    acc.update(ell, scale=scale)
                 continue
             y = self.data[j:j + self.data_chunk]
-            logits = self.field.pairwise_posterior_logits(x, y, t).to(self.dtype)
+            logits = self.field.pairwise_posterior_logits(
+                x, y, t, y_sqnorm=self._sqnorm[j:j + self.data_chunk]).to(self.dtype)
             if not width:
                 acc.update(logits)
             elif velocity:
@@ -315,10 +371,9 @@ class ExactPosterior(nn.Module):
                 out += torch.einsum("nk,nkd->nd", wc, y.flatten(2))
         return out.view_as(x), acc.has_mass(), acc.neglected_mass()
 
-    def _differences(self, x: Tensor, yt: Tensor, a: Tensor) -> Tensor:
-        """``x_ik − a_i y_jk`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data chunk
-        transposed, ``yt`` ``(d, m)`` (contiguous rows: broadcasting is fastest so)."""
-        out = torch.empty(x.shape[0], self.dim, yt.shape[1], dtype=self.dtype, device=x.device)
+    def _differences(self, x: Tensor, yt: Tensor, a: Tensor, out: Tensor) -> Tensor:
+        """``x_ik − a_i y_jk`` into ``out`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data
+        chunk transposed, ``yt`` ``(d, m)`` (contiguous rows: broadcasting is fastest so)."""
         for k in range(self.dim):
             if self.unit_a:  # a = 1: plain differences
                 torch.sub(x[:, k:k + 1], yt[k], out=out[:, k])

@@ -123,6 +123,18 @@ class NoiseLaw:
         sq = (base + delta).clamp_min_(0.0)
         return self.log_prob_sqnorm(sq, dim, inplace=True).sub_(self.log_prob_sqnorm(base, dim))
 
+    def scaled_log_prob_(self, sqnorm: Tensor, inv_var: Tensor, dim: int):
+        """In place, for the exact field's ``(N, M)`` chunks: ``(ell, scale)`` with
+        ``log q(eps) = scale · ell + c`` at ``||eps||² = sqnorm · inv_var``, where ``inv_var``
+        ``(N, 1)`` scales each row and ``c`` is constant along a row (it cancels in a softmax
+        over the row). ``scale`` is ``None`` (``ell`` is the log-density itself) or a negative
+        number or ``(N, 1)`` tensor of negatives, with ``ell`` increasing in ``sqnorm``, so
+        that a row's largest logit is ``scale · min(ell)``. Overwrites ``sqnorm``.
+
+        Laws override it to skip passes over the chunk (constants, a final multiply); this
+        default is :meth:`log_prob_sqnorm` at the scaled squared norm."""
+        return self.log_prob_sqnorm(sqnorm.mul_(inv_var), dim, inplace=True), None
+
     def mixture_precisions(self) -> Tensor | None:
         """For a Gaussian scale mixture ``eps = g / sqrt(w)`` (g ~ N(0, I)): a fixed, quasi-random
         float64 sample of ``w`` used to adapt EDM's preconditioning to the law (``None`` when the
@@ -161,6 +173,10 @@ class GaussianNoise(NoiseLaw):
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         return delta.mul_(-0.5) if inplace else -0.5 * delta
+
+    def scaled_log_prob_(self, sqnorm, inv_var, dim):
+        # −||eps||²/2 + const: ell = sqnorm itself, no pass over the chunk
+        return sqnorm, -0.5 * inv_var
 
     def describe(self):
         return "N(0, I)"
@@ -214,13 +230,27 @@ class StudentTNoise(NoiseLaw):
             return log1p_fast_(sqnorm.div_(nu), p).mul_(-p).add_(const)
         return const - 0.5 * (nu + dim) * torch.log1p(sqnorm / nu)
 
+    def scaled_log_prob_(self, sqnorm, inv_var, dim):
+        # −(ν+d)/2 · log(1 + sqnorm·inv_var/ν) + const: ell = the log, in two passes
+        p = 0.5 * (self.dof + dim)
+        z = inv_var / self.dof
+        if p * torch.finfo(sqnorm.dtype).eps <= 1e-5:  # log(1 + z) suffices (log1p_fast_)
+            ell = torch.addcmul(torch.ones((), dtype=sqnorm.dtype, device=sqnorm.device),
+                                sqnorm, z, out=sqnorm).log_()
+        else:
+            ell = sqnorm.mul_(z).log1p_()
+        return ell, -p
+
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1
+        # (base + delta >= 0 up to rounding: clamped in place, no new chunk-sized tensor)
         denom = base + self.dof
-        ratio = delta.div_(denom) if inplace else delta / denom
-        ratio = torch.maximum(ratio, -base / denom)
+        delta = delta.clamp_(min=-base) if inplace else delta.clamp(min=-base)
         p = 0.5 * (self.dof + dim)
-        return log1p_fast_(ratio, p).mul_(-p)
+        if p * torch.finfo(delta.dtype).eps <= 1e-5:  # log(1 + r) suffices (log1p_fast_)
+            one = torch.ones((), dtype=delta.dtype, device=delta.device)
+            return torch.addcdiv(one, delta, denom, out=delta).log_().mul_(-p)
+        return delta.div_(denom).log1p_().mul_(-p)
 
     def mixture_precisions(self):
         # eps = g / sqrt(w), w = chi2_dof / dof: a Gaussian scale mixture. A fixed draw (seeded)

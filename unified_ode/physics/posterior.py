@@ -71,22 +71,37 @@ class StreamingSoftmax:
             self.top_index = torch.zeros((n, top_k), dtype=torch.long, device=device)
         self._seen = 0
 
-    def update(self, logits: Tensor, values: Tensor | None = None, weighted_sum=None) -> Tensor:
+    def update(self, logits: Tensor, values: Tensor | None = None, weighted_sum=None, *,
+               scale=None) -> Tensor:
         """Fold in one chunk: ``logits`` ``(n, m)`` for the next ``m`` data points (they are
         **overwritten** with the chunk's weights ``exp(l − new_max)``, which are returned).
 
         The weighted sums (when ``width > 0``) get ``w @ values`` for ``values`` ``(m, width)``,
         or ``weighted_sum(w)`` ``(n, width)`` when that callable is given instead (e.g. a sum of
-        per-pair velocities).
+        per-pair velocities). ``scale``: the logits are ``scale · logits`` for a negative
+        number or ``(n, 1)`` tensor of negatives (as from
+        :meth:`~unified_ode.physics.noise.NoiseLaw.scaled_log_prob_`); the product is formed
+        in the pass that subtracts the running maximum, not in a pass of its own.
         """
         n, m = logits.shape
+        if scale is not None and self.top_k is not None:
+            logits, scale = logits.mul_(scale), None  # the top-k merge needs the logits
         if self.top_k is not None:
             self._merge_top(logits)
-        new_max = torch.maximum(self.run_max, logits.amax(dim=1))
+        if scale is None:
+            chunk_max = logits.amax(dim=1)
+        else:  # scale < 0: the largest logit is scale times the smallest value
+            scale = torch.as_tensor(scale, dtype=logits.dtype, device=logits.device)
+            chunk_max = logits.amin(dim=1).mul_(scale.view(-1))
+        new_max = torch.maximum(self.run_max, chunk_max)
         # rows with no finite logit yet keep a zero shift (their weights stay 0 or the floor)
         shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
         rescale = torch.exp(self.run_max - shift)  # exp(-inf) = 0 on the first chunk
-        w = logits.sub_(shift[:, None]).clamp_min_(self.floor).exp_()
+        if scale is None:
+            w = logits.sub_(shift[:, None])
+        else:
+            w = torch.addcmul(shift[:, None].neg(), logits, scale, out=logits)
+        w = w.clamp_min_(self.floor).exp_()
         self.denom.mul_(rescale).add_(w.sum(dim=1))
         if self.acc is not None:
             self.acc.mul_(rescale[:, None])
