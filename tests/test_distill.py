@@ -280,6 +280,39 @@ def test_target_network_is_an_ema_of_the_student():
         assert not p.requires_grad
 
 
+def test_target_network_round_trips_through_the_checkpoint_state():
+    """The saved target is what a fresh method restores (not a copy of the student), and
+    state that does not fit is a clear error."""
+    field = VEField()
+    objective = ConsistencyObjective()
+    param = objective.bind(field)
+    net = Preconditioned(MLP(data_shape=[2], width=8, depth=1, time_embed_dim=8), param)
+    method = ConsistencyDistillation("exact", Heun(steps=1), intervals=4, target_ema=0.9)
+    method.bind(objective, field)
+    assert method.checkpoint_state() == {}
+    method.update_target(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    method.update_target(net)
+    state = method.checkpoint_state()
+    fresh = ConsistencyDistillation("exact", Heun(steps=1), intervals=4, target_ema=0.9)
+    fresh.bind(objective, field)
+    fresh.restore_checkpoint_state(state, net)
+    for name, value in method.target.state_dict().items():
+        assert torch.equal(fresh.target.state_dict()[name], value)
+    assert not torch.equal(next(fresh.target.parameters()), next(net.parameters()))
+    assert all(not p.requires_grad for p in fresh.target.parameters())
+    other = Preconditioned(MLP(data_shape=[2], width=16, depth=1, time_embed_dim=8), param)
+    with pytest.raises(UserError, match="does not fit the student's network"):
+        fresh.restore_checkpoint_state(state, other)
+    with pytest.raises(UserError, match="unknown entries"):
+        fresh.restore_checkpoint_state({**state, "extra": 1}, net)
+    reflow = Reflow("exact", Heun(steps=1), pairs=8)
+    with pytest.raises(UserError, match="does not keep"):
+        reflow.restore_checkpoint_state(state, net)
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_consistency_sampler_uses_steps_evaluations_and_renoises_with_the_kernel(steps):
     field, data = VEField(), tiny_data(6)
@@ -392,3 +425,46 @@ def test_train_a_consistency_student_of_the_exact_field_and_sample_at_nfe_1_2_4(
         info = json.loads((out / "sample_info.json").read_text())
         assert info["objective"]["objective"] == "consistency"
         assert info["solver"]["solver"] == "consistency"
+
+
+# 4 steps per epoch (256 points, batches of 64): an interruption at N = 4 is an epoch boundary,
+# where resuming is bitwise exact (tests/test_training_services.py).
+N = 4
+RESUME = ["physics=ve", "distill=consistency", "distill.teacher=exact", "distill.intervals=8",
+          "dataset.n_train=256", "dataset.n_heldout=64", "dataset.batch_size=64",
+          "network.width=16", "network.depth=1", "network.time_embed_dim=8",
+          "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
+          f"trainer.val_check_interval={N}", f"callbacks.checkpoint.every_n_train_steps={N}",
+          "~callbacks.figures", "trainer.enable_model_summary=false"]
+
+
+@pytest.mark.slow
+def test_resumed_consistency_run_continues_the_saved_target_network(tmp_path):
+    """N steps, then ``resume=true`` to 2N, ends with the same target network (and student) as
+    2N steps at once: the target is saved in the checkpoint and restored, not re-initialised
+    from the student."""
+    from tests.test_training_services import compose_plain, restored_environment
+    from unified_ode.app.train import run_training
+    from unified_ode.distill.base import DISTILL_KEY
+
+    def train(run_dir, *over):
+        cfg = compose_plain("train", [*RESUME, f"run_dir={run_dir}", *over])
+        with restored_environment():
+            run_training(cfg)
+        return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=True)
+
+    full = train(tmp_path / "full", f"trainer.max_steps={2 * N}")
+    half = train(tmp_path / "resumed", f"trainer.max_steps={N}")
+    resumed = train(tmp_path / "resumed", f"trainer.max_steps={2 * N}", "resume=true")
+    assert resumed["global_step"] == full["global_step"] == 2 * N
+    target, half_target = full[DISTILL_KEY]["target"], half[DISTILL_KEY]["target"]
+    assert set(target) == set(resumed[DISTILL_KEY]["target"])
+    for name, value in target.items():
+        assert torch.equal(value, resumed[DISTILL_KEY]["target"][name]), name
+    for name, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    # the target lags the student, and moved during the second half
+    student = {k.removeprefix("model."): v for k, v in half["state_dict"].items()}
+    assert any(not torch.equal(v, student[k]) for k, v in half_target.items() if k in student)
+    assert any(not torch.equal(v, half_target[k]) for k, v in target.items())

@@ -227,6 +227,35 @@ class GenerativeODE(L.LightningModule):
         state["_compiled"] = {}  # compiled graphs do not pickle; recompiled after unpickling
         return state
 
+    # --- checkpoints: a distillation method's own state --------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store a distillation method's training state (the consistency target network)
+        under ``checkpoint["distill_state"]``; objectives keep none."""
+        save = getattr(self.objective, "checkpoint_state", None)
+        state = save() if callable(save) else {}
+        if state:
+            from unified_ode.distill.base import DISTILL_KEY
+
+            checkpoint[DISTILL_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what :meth:`on_save_checkpoint` stored (on ``resume=true`` / ``ckpt_path=``);
+        a checkpoint with distillation state resumed without its ``distill=`` method is a
+        :class:`~unified_ode.errors.UserError`."""
+        from unified_ode.distill.base import DISTILL_KEY
+
+        state = checkpoint.get(DISTILL_KEY)
+        if not state:
+            return
+        restore = getattr(self.objective, "restore_checkpoint_state", None)
+        if not callable(restore):
+            from unified_ode.errors import UserError
+
+            raise UserError("the checkpoint was written by a distillation run (it holds "
+                            f"{DISTILL_KEY}), but this run has no distill= method: resume it "
+                            "with the distill= options it was trained with")
+        restore(state, self.model)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
