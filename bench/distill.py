@@ -198,7 +198,8 @@ def run_case(dataset, fname, args, results, save, log):
         if not (tdir / LAST_CKPT).is_file():
             raise SystemExit(f"--teacher {tdir}: no {LAST_CKPT} (is its training finished?)")
         teacher_over = [*OmegaConf.load(tdir / ".hydra" / "overrides.yaml"), *QUIET]
-        teacher_over = [o for o in teacher_over if not o.startswith("trainer.val_check")]
+        teacher_over = [o for o in teacher_over  # not how the teacher was run or resumed
+                        if not o.startswith(("trainer.val_check", "resume=", "ckpt_path="))]
         results["teachers"][base] = str(tdir)
     else:
         tdir = out / dataset / fname / "teacher"
@@ -296,7 +297,8 @@ def report(results, args, path: Path, figure_paths) -> None:
     lines += verdict(ev)
     lines += far_out(Path(args.out))
     missing = [f"{d}/{f}" for d in TOY for f in FIELDS if f"{d}/{f}/teacher/35" not in ev]
-    missing += [f"digits/{f}" for f in FIELDS if f"digits/{f}/teacher/35" not in ev]
+    if not any(f"digits/{f}/teacher/35" in ev for f in FIELDS):
+        missing.append("digits (any field)")
     if missing:
         lines += ["## Not measured in this run", "",
                   "No numbers yet for: " + ", ".join(missing) + ". The command is resumable: "
