@@ -313,6 +313,40 @@ def test_target_network_round_trips_through_the_checkpoint_state():
         reflow.restore_checkpoint_state(state, net)
 
 
+def test_module_checkpoint_hooks_save_restore_and_ignore_distill_state(capsys):
+    """GenerativeODE stores the method's state under distill_state and restores it; an
+    ordinary objective writes none and ignores one (a run started from a student)."""
+    from unified_ode.distill.base import DISTILL_KEY
+    from unified_ode.lit import GenerativeODE
+
+    field = VEField()
+    objective = ConsistencyObjective()
+    param = objective.bind(field)
+    method = ConsistencyDistillation("exact", Heun(steps=1), intervals=4)
+    method.bind(objective, field)
+    net = Preconditioned(MLP(data_shape=[2], width=8, depth=1, time_embed_dim=8), param)
+    module = GenerativeODE(field, net, method, Euler(steps=1), (2,))
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    assert DISTILL_KEY not in ckpt  # no target before the first step
+    method.update_target(net)
+    module.on_save_checkpoint(ckpt)
+    assert set(ckpt[DISTILL_KEY]) == {"target"}
+    method.target = None
+    module.on_load_checkpoint(ckpt)
+    assert method.target is not None and method.target is not net
+    plain = DenoiserObjective()
+    plain_param = plain.bind(field)
+    other = GenerativeODE(field, Preconditioned(MLP(data_shape=[2], width=8, depth=1,
+                                                    time_embed_dim=8), plain_param),
+                          plain, Euler(steps=1), (2,))
+    empty = {}
+    other.on_save_checkpoint(empty)
+    assert empty == {}
+    other.on_load_checkpoint(ckpt)
+    assert "is not used: this run has no distill= method" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_consistency_sampler_uses_steps_evaluations_and_renoises_with_the_kernel(steps):
     field, data = VEField(), tiny_data(6)

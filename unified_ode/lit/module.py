@@ -239,9 +239,9 @@ class GenerativeODE(L.LightningModule):
             checkpoint[DISTILL_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore what :meth:`on_save_checkpoint` stored (on ``resume=true`` / ``ckpt_path=``);
-        a checkpoint with distillation state resumed without its ``distill=`` method is a
-        :class:`~unified_ode.errors.UserError`."""
+        """Restore what :meth:`on_save_checkpoint` stored (on ``resume=true`` / ``ckpt_path=``).
+        A run without a ``distill=`` method (e.g. an ordinary objective started from a
+        student's checkpoint) ignores the distillation state, and says so."""
         from unified_ode.distill.base import DISTILL_KEY
 
         state = checkpoint.get(DISTILL_KEY)
@@ -249,11 +249,9 @@ class GenerativeODE(L.LightningModule):
             return
         restore = getattr(self.objective, "restore_checkpoint_state", None)
         if not callable(restore):
-            from unified_ode.errors import UserError
-
-            raise UserError("the checkpoint was written by a distillation run (it holds "
-                            f"{DISTILL_KEY}), but this run has no distill= method: resume it "
-                            "with the distill= options it was trained with")
+            print(f"note: the checkpoint's {DISTILL_KEY} ({', '.join(sorted(state))}) is not "
+                  "used: this run has no distill= method", flush=True)
+            return
         restore(state, self.model)
 
     def configure_optimizers(self):
