@@ -419,7 +419,9 @@ def verdict(ev) -> list[str]:
         return []
     head = ["## Verdict (generated from the tables above)", "",
             "Student sw / teacher sw at NFE 35, lowest–highest over the toy sets (targets: ≤ 1.5× "
-            "and better than the teacher's own 2-NFE samples).", ""]
+            "and better than the teacher's own 2-NFE samples). A ratio below 1 is no better "
+            "student: the teacher's NFE-35 samples hold far-out points that dominate sw (see "
+            "the far-out table below).", ""]
     tail = ["", f"A 1-step student meets both toy targets on all {len(TOY)} sets for: "
             f"{', '.join(good) or 'none'}; not (or not measured on every set) for: "
             f"{', '.join(bad) or 'none'}.", ""]
