@@ -280,6 +280,73 @@ def test_target_network_is_an_ema_of_the_student():
         assert not p.requires_grad
 
 
+def test_target_network_round_trips_through_the_checkpoint_state():
+    """The saved target is what a fresh method restores (not a copy of the student), and
+    state that does not fit is a clear error."""
+    field = VEField()
+    objective = ConsistencyObjective()
+    param = objective.bind(field)
+    net = Preconditioned(MLP(data_shape=[2], width=8, depth=1, time_embed_dim=8), param)
+    method = ConsistencyDistillation("exact", Heun(steps=1), intervals=4, target_ema=0.9)
+    method.bind(objective, field)
+    assert method.checkpoint_state() == {}
+    method.update_target(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    method.update_target(net)
+    state = method.checkpoint_state()
+    fresh = ConsistencyDistillation("exact", Heun(steps=1), intervals=4, target_ema=0.9)
+    fresh.bind(objective, field)
+    fresh.restore_checkpoint_state(state, net)
+    for name, value in method.target.state_dict().items():
+        assert torch.equal(fresh.target.state_dict()[name], value)
+    assert not torch.equal(next(fresh.target.parameters()), next(net.parameters()))
+    assert all(not p.requires_grad for p in fresh.target.parameters())
+    other = Preconditioned(MLP(data_shape=[2], width=16, depth=1, time_embed_dim=8), param)
+    with pytest.raises(UserError, match="does not fit the student's network"):
+        fresh.restore_checkpoint_state(state, other)
+    with pytest.raises(UserError, match="unknown entries"):
+        fresh.restore_checkpoint_state({**state, "extra": 1}, net)
+    reflow = Reflow("exact", Heun(steps=1), pairs=8)
+    with pytest.raises(UserError, match="does not keep"):
+        reflow.restore_checkpoint_state(state, net)
+
+
+def test_module_checkpoint_hooks_save_restore_and_ignore_distill_state(capsys):
+    """GenerativeODE stores the method's state under distill_state and restores it; an
+    ordinary objective writes none and ignores one (a run started from a student)."""
+    from unified_ode.distill.base import DISTILL_KEY
+    from unified_ode.lit import GenerativeODE
+
+    field = VEField()
+    objective = ConsistencyObjective()
+    param = objective.bind(field)
+    method = ConsistencyDistillation("exact", Heun(steps=1), intervals=4)
+    method.bind(objective, field)
+    net = Preconditioned(MLP(data_shape=[2], width=8, depth=1, time_embed_dim=8), param)
+    module = GenerativeODE(field, net, method, Euler(steps=1), (2,))
+    ckpt = {}
+    module.on_save_checkpoint(ckpt)
+    assert DISTILL_KEY not in ckpt  # no target before the first step
+    method.update_target(net)
+    module.on_save_checkpoint(ckpt)
+    assert set(ckpt[DISTILL_KEY]) == {"target"}
+    method.target = None
+    module.on_load_checkpoint(ckpt)
+    assert method.target is not None and method.target is not net
+    plain = DenoiserObjective()
+    plain_param = plain.bind(field)
+    other = GenerativeODE(field, Preconditioned(MLP(data_shape=[2], width=8, depth=1,
+                                                    time_embed_dim=8), plain_param),
+                          plain, Euler(steps=1), (2,))
+    empty = {}
+    other.on_save_checkpoint(empty)
+    assert empty == {}
+    other.on_load_checkpoint(ckpt)
+    assert "is not used: this run has no distill= method" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_consistency_sampler_uses_steps_evaluations_and_renoises_with_the_kernel(steps):
     field, data = VEField(), tiny_data(6)
@@ -392,3 +459,165 @@ def test_train_a_consistency_student_of_the_exact_field_and_sample_at_nfe_1_2_4(
         info = json.loads((out / "sample_info.json").read_text())
         assert info["objective"]["objective"] == "consistency"
         assert info["solver"]["solver"] == "consistency"
+
+
+# 4 steps per epoch (256 points, batches of 64): an interruption at N = 4 is an epoch boundary,
+# where resuming is bitwise exact (tests/test_training_services.py).
+N = 4
+RESUME = ["physics=ve", "distill=consistency", "distill.teacher=exact", "distill.intervals=8",
+          "dataset.n_train=256", "dataset.n_heldout=64", "dataset.batch_size=64",
+          "network.width=16", "network.depth=1", "network.time_embed_dim=8",
+          "callbacks.metrics.n_samples=64", "callbacks.metrics.batch_size=64",
+          f"trainer.val_check_interval={N}", f"callbacks.checkpoint.every_n_train_steps={N}",
+          "~callbacks.figures", "trainer.enable_model_summary=false"]
+
+
+@pytest.mark.slow
+def test_resumed_consistency_run_continues_the_saved_target_network(tmp_path):
+    """N steps, then ``resume=true`` to 2N, ends with the same target network (and student) as
+    2N steps at once: the target is saved in the checkpoint and restored, not re-initialised
+    from the student."""
+    from tests.test_training_services import compose_plain, restored_environment
+    from unified_ode.app.train import run_training
+    from unified_ode.distill.base import DISTILL_KEY
+
+    def train(run_dir, *over):
+        cfg = compose_plain("train", [*RESUME, f"run_dir={run_dir}", *over])
+        with restored_environment():
+            run_training(cfg)
+        return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                          weights_only=True)
+
+    full = train(tmp_path / "full", f"trainer.max_steps={2 * N}")
+    half = train(tmp_path / "resumed", f"trainer.max_steps={N}")
+    resumed = train(tmp_path / "resumed", f"trainer.max_steps={2 * N}", "resume=true")
+    assert resumed["global_step"] == full["global_step"] == 2 * N
+    target, half_target = full[DISTILL_KEY]["target"], half[DISTILL_KEY]["target"]
+    assert set(target) == set(resumed[DISTILL_KEY]["target"])
+    for name, value in target.items():
+        assert torch.equal(value, resumed[DISTILL_KEY]["target"][name]), name
+    for name, value in full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    # the target lags the student, and moved during the second half
+    student = {k.removeprefix("model."): v for k, v in half["state_dict"].items()}
+    assert any(not torch.equal(v, student[k]) for k, v in half_target.items() if k in student)
+    assert any(not torch.equal(v, half_target[k]) for k, v in target.items())
+
+
+# --- progressive distillation -------------------------------------------------------------
+def ddim(steps, final_step=False):
+    from unified_ode.solvers import DPMSolverPP
+
+    return DPMSolverPP(steps=steps, order=1, final_step=final_step)
+
+
+def progressive(field, data, *, steps=8, rounds=2, per_round=3):
+    from unified_ode.distill import ProgressiveDistillation
+    from unified_ode.objectives import DenoiserObjective
+
+    objective = DenoiserObjective()
+    param = objective.bind(field)
+    method = ProgressiveDistillation("exact", ddim(steps), rounds=rounds,
+                                     steps_per_round=per_round)
+    method.bind(objective, field)
+    method.prepare(exact_teacher(field, data), None, _Shape(data))
+    net = Preconditioned(MLP(data_shape=[2], width=8, depth=1, time_embed_dim=8), param)
+    return method, net
+
+
+@pytest.mark.parametrize("field", [VEField(), PFGMPPField(D=128), LinearField(), VPField()],
+                         ids=lambda f: f.name)
+def test_progressive_target_of_one_point_is_the_point_and_one_step_lands_on_two(field):
+    """One data point: the exact denoiser is the point and DDIM is exact, so the target
+    denoiser of any student interval is the point itself (float64 rounding); for several points
+    the student's one DDIM step with the target lands on the teacher's two steps."""
+    from unified_ode.distill.progressive import ddim_denoiser_target
+
+    g = torch.Generator().manual_seed(0)
+    one = tiny_data(1)
+    method, net = progressive(field, one)
+    _, target, _, i = method.pieces(net.double(), field, one.expand(16, 2).clone(), generator=g)
+    assert len(torch.unique(i)) > 1  # several student intervals
+    torch.testing.assert_close(method.parametrisation.to_denoiser(None, None, target),
+                               one.expand(16, 2), rtol=0, atol=1e-9)
+    data = tiny_data(12)
+    method, _ = progressive(field, data)
+    grid = method.grid
+    for k in range(4):  # round 0: 4 student intervals of the 8-step grid
+        t = torch.full((5,), float(grid[2 * k]), dtype=F64)
+        t_next = torch.full((5,), float(grid[2 * k + 2]), dtype=F64)
+        x = field.sample_kernel(data[:5], t, generator=g)
+        x2 = ddim(8).solve(method.teacher.flow, x, grid[[2 * k, 2 * k + 1, 2 * k + 2]]).x
+        target = ddim_denoiser_target(field, x, t, t_next, x2)
+        one_step = ddim(1).solve(_ConstantDenoiser(field, target), x,
+                                 grid[[2 * k, 2 * k + 2]]).x
+        torch.testing.assert_close(one_step, x2, rtol=1e-10, atol=1e-10)
+
+
+class _ConstantDenoiser:
+    """A flow whose denoiser is a fixed tensor (for one solver step)."""
+
+    def __init__(self, field, denoised):
+        self.schedule, self.field, self.denoised = field, field, denoised
+
+    def denoiser(self, x, t):
+        return self.denoised
+
+
+def test_progressive_rounds_halve_the_steps_and_the_round_survives_a_checkpoint():
+    field, data = VEField(), tiny_data(12)
+    method, net = progressive(field, data, steps=8, rounds=2, per_round=3)
+    y = data[:8].float()
+    seen = []
+    for _ in range(8):
+        loss = method(net, field, y, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss) and loss.requires_grad
+        seen.append(method.student_steps())
+    assert seen == [4, 4, 4, 2, 2, 2, 2, 2]  # 2 rounds: 8 -> 4 -> 2, the last one kept
+    assert method.round == 1 and method.final_steps == 2
+    # round 1's teacher is a frozen copy of the student when round 0 ended
+    assert all(not p.requires_grad for p in method.round_teacher.parameters())
+    state = method.checkpoint_state()
+    fresh, _ = progressive(field, data, steps=8, rounds=2, per_round=3)
+    fresh.restore_checkpoint_state(state, net)
+    assert (fresh.calls, fresh.round, fresh.student_steps()) == (8, 1, 2)
+    for name, value in method.round_teacher.state_dict().items():
+        assert torch.equal(fresh.round_teacher.state_dict()[name], value)
+
+
+def test_progressive_errors_are_clear():
+    from unified_ode.distill import ProgressiveDistillation
+    from unified_ode.objectives import DenoiserObjective
+
+    with pytest.raises(UserError, match="order: 1"):
+        ProgressiveDistillation("exact", Heun(steps=8))
+    with pytest.raises(UserError, match="multiple of 8"):
+        ProgressiveDistillation("exact", ddim(12), rounds=3)
+    objective = DenoiserObjective()
+    objective.bind(VEField())
+    method = ProgressiveDistillation("exact", ddim(8, final_step=True), rounds=2)
+    with pytest.raises(UserError, match="nested grids"):
+        method.bind(objective, VEField())
+    method = ProgressiveDistillation("exact", ddim(8), rounds=2)
+    with pytest.raises(UserError, match="denoiser form"):
+        method.bind(objective, RadialGeneralField())
+
+
+@pytest.mark.slow
+def test_train_a_progressive_student_of_the_exact_field_and_sample_at_its_final_steps(tmp_path):
+    """train.py distill=progressive (8 -> 4 -> 2 DDIM steps) then sample.py at NFE 2; the
+    checkpoint holds the round and the round's teacher."""
+    student = tmp_path / "student"
+    run_script("train.py", *TINY, "physics=ve", "distill=progressive", "distill.teacher=exact",
+               "dataset.n_train=64", "dataset.batch_size=32", "distill.solver.steps=8",
+               "distill.rounds=2", "distill.steps_per_round=10", "trainer.max_steps=24",
+               "callbacks.checkpoint.every_n_train_steps=24", "trainer.val_check_interval=24",
+               f"hydra.run.dir={student}")
+    state = torch.load(student / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["distill_state"]
+    assert (state["calls"], state["round"]) == (24, 1) and state["teacher"]
+    out = tmp_path / "s"
+    proc = run_script("sample.py", f"run={student}", "n=32", f"out_dir={out}")
+    assert "NFE: 2" in proc.stdout
+    samples = np.load(out / "samples.npz")["samples"]
+    assert samples.shape == (32, 2) and np.isfinite(samples).all()

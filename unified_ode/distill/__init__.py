@@ -7,6 +7,9 @@
   time with the boundary condition built into the parametrisation
   (:class:`ConsistencyFunction`); sampled with ``solver=consistency`` at NFE 1, 2, 4, ...
   Fields with a denoiser form.
+* ``progressive`` (:class:`ProgressiveDistillation`): halve the DDIM steps per round, each
+  student matching two steps of the previous model (Salimans & Ho 2022). Fields with a
+  denoiser form.
 
 :func:`build_distillation` is the one hook in :func:`unified_ode.app.build.build_module`.
 """
@@ -23,6 +26,7 @@ from unified_ode.distill.consistency import (
     ConsistencyObjective,
 )
 from unified_ode.distill.pairs import PairCache, pair_key
+from unified_ode.distill.progressive import ProgressiveDistillation
 from unified_ode.distill.reflow import Reflow
 from unified_ode.distill.teacher import EXACT, Teacher, load_teacher
 from unified_ode.errors import UserError
@@ -76,5 +80,6 @@ def build_distillation(cfg: DictConfig, field, objective, model, datamodule) -> 
 
 
 __all__ = ["EXACT", "ConsistencyDistillation", "ConsistencyFunction", "ConsistencyObjective",
-           "Distillation", "PairCache", "Reflow", "Teacher", "build_distillation", "draw_times",
+           "Distillation", "PairCache", "ProgressiveDistillation", "Reflow", "Teacher",
+           "build_distillation", "draw_times",
            "init_from_teacher", "load_teacher", "pair_key"]

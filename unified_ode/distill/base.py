@@ -13,7 +13,10 @@ A method is configured by the ``distill=`` group (conf/distill/) and built in
    :class:`~unified_ode.lit.GenerativeODE` whose ``flow()`` samples it.
 
 The teacher is held here, not in the Lightning module: it is no submodule, so it is neither
-trained nor written into the student's checkpoints.
+trained nor written into the student's checkpoints. State a method keeps between steps (the
+consistency target network) goes into checkpoints under :data:`DISTILL_KEY` through
+:meth:`Distillation.checkpoint_state` / :meth:`Distillation.restore_checkpoint_state`, which
+:class:`~unified_ode.lit.GenerativeODE`'s checkpoint hooks call, so a resumed run continues it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from unified_ode.errors import UserError
 
 #: ``distill.time_law`` choices: where on ``[t_min, t_max]`` the student is trained.
 TIME_LAWS = ("field", "uniform", "log_uniform")
+#: checkpoint key of a method's own training state (:meth:`Distillation.checkpoint_state`)
+DISTILL_KEY = "distill_state"
 
 
 class Distillation(abc.ABC):
@@ -75,6 +80,19 @@ class Distillation(abc.ABC):
     @abc.abstractmethod
     def __call__(self, model, field, y: Tensor, *, generator=None) -> Tensor:
         """Scalar loss of the student ``model`` on the clean batch ``y`` ``(B, *shape)``."""
+
+    def checkpoint_state(self) -> dict:
+        """The method's own training state for a checkpoint (tensors and plain values; empty:
+        nothing to save). Not the teacher, which is reloaded from ``distill.teacher``."""
+        return {}
+
+    def restore_checkpoint_state(self, state: dict, model) -> None:
+        """Restore what :meth:`checkpoint_state` returned, for the student ``model`` (the
+        module's network, already holding the checkpoint's weights)."""
+        if state:
+            raise UserError(f"the checkpoint holds distill={self.name} state "
+                            f"({', '.join(sorted(state))}) that this method does not keep: "
+                            "resume it with the distill= method it was trained with")
 
     # the Objective interface the module and services use ---------------------------------
     def sample_time(self, field, n: int, *, generator=None, device=None) -> Tensor:

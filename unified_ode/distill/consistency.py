@@ -97,8 +97,9 @@ class ConsistencyDistillation(Distillation):
     ``target_ema`` (``μ`` of the target network ``θ⁻ ← μ θ⁻ + (1 − μ) θ``, updated before
     every loss evaluation from the weights the optimiser left).
 
-    The target network lives in this object, not in checkpoints: a resumed run restarts it
-    from the student's weights.
+    The target network lives in this object and goes into every checkpoint
+    (:meth:`checkpoint_state`: its ``state_dict`` under ``"target"``), so a resumed run
+    continues the same average instead of restarting it from the student's weights.
     """
 
     name = "consistency"
@@ -142,6 +143,29 @@ class ConsistencyDistillation(Distillation):
         for b_t, b in zip(self.target.buffers(), model.buffers(), strict=True):
             b_t.copy_(b)
         return self.target
+
+    def checkpoint_state(self) -> dict:
+        """``{"target": state_dict}`` of the target network (empty before the first step)."""
+        return {} if self.target is None else {"target": self.target.state_dict()}
+
+    def restore_checkpoint_state(self, state: dict, model) -> None:
+        """The target network from a checkpoint: a frozen copy of ``model``'s architecture
+        holding the saved weights (a :class:`UserError` when they do not fit it)."""
+        unknown = set(state) - {"target"}
+        if unknown:
+            raise UserError(f"the checkpoint's distill state has unknown entries "
+                            f"{sorted(unknown)}; distill=consistency keeps only 'target'")
+        if "target" not in state:
+            self.target = None
+            return
+        target = copy.deepcopy(model).requires_grad_(False).eval()
+        try:
+            target.load_state_dict(state["target"])
+        except RuntimeError as err:
+            raise UserError("the checkpoint's consistency target network does not fit the "
+                            f"student's network config ({err}); resume with the network "
+                            "config the run was trained with") from err
+        self.target = target
 
     @torch.no_grad()
     def teacher_step(self, x: Tensor, n: Tensor) -> Tensor:

@@ -231,6 +231,33 @@ class GenerativeODE(L.LightningModule):
         state["_compiled"] = {}  # compiled graphs do not pickle; recompiled after unpickling
         return state
 
+    # --- checkpoints: a distillation method's own state --------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store a distillation method's training state (the consistency target network)
+        under ``checkpoint["distill_state"]``; objectives keep none."""
+        save = getattr(self.objective, "checkpoint_state", None)
+        state = save() if callable(save) else {}
+        if state:
+            from unified_ode.distill.base import DISTILL_KEY
+
+            checkpoint[DISTILL_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore what :meth:`on_save_checkpoint` stored (on ``resume=true`` / ``ckpt_path=``).
+        A run without a ``distill=`` method (e.g. an ordinary objective started from a
+        student's checkpoint) ignores the distillation state, and says so."""
+        from unified_ode.distill.base import DISTILL_KEY
+
+        state = checkpoint.get(DISTILL_KEY)
+        if not state:
+            return
+        restore = getattr(self.objective, "restore_checkpoint_state", None)
+        if not callable(restore):
+            print(f"note: the checkpoint's {DISTILL_KEY} ({', '.join(sorted(state))}) is not "
+                  "used: this run has no distill= method", flush=True)
+            return
+        restore(state, self.model)
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
