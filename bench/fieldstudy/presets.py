@@ -97,13 +97,13 @@ PRESETS = {
                     diag_n=500,
                     notes="sized for ~4 CPU-minutes of one core per data set, what a shared "
                     "machine under load ~10 allowed in one hour"),
-    "medium": Preset("medium", TOYS, ("ve", "pfgmpp_D128", "exppower"), trials=6,
+    "medium": Preset("medium", TOYS, tuple(FIELDS), trials=6,
                      trial_steps=300, seeds=(0, 1, 2),
                      final_steps=1000, n=10_000, n_heavy=2000, nll_n=1000, tune_nll_n=300,
                      diag_n=1000,
-                     notes="the target's comparison (the new family against VE and PFGM++ D = 128) "
-                     "between small and full: 6 tuning trials (5 random, then TPE) per field; "
-                     "run per data set (--datasets) in parallel processes"),
+                     notes="between small and full: 6 tuning trials (5 random, then TPE) per field; "
+                     "~25 CPU-minutes per data set, run per data set (--datasets) in parallel "
+                     "processes"),
     "full": Preset("full", TOYS, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
                    final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500,
                    notes="~80 CPU-minutes of one core (estimated from the small preset's "
