@@ -19,7 +19,8 @@ from unified_ode.physics.radial import RadialProfileField
 from unified_ode.physics.radial_general import RadialGeneralField
 from unified_ode.physics.vp import VPField
 
-__all__ = ["AffineField", "ExactPosterior", "ExpPowerField", "ExpPowerNoise", "Field", "GaussianNoise", "LinearField", "NoiseLaw",
+__all__ = ["AffineField", "ExactPosterior", "ExpPowerField", "ExpPowerNoise", "Field",
+           "GaussianNoise", "LinearField", "NoiseLaw",
            "PFGMPPField", "PoissonField", "RadialGeneralField", "RadialProfile",
            "RadialProfileField", "RadialProfileNoise", "StudentTNoise", "UniformCubeNoise",
            "VEField", "VPField"]
