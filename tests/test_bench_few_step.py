@@ -30,8 +30,17 @@ def test_trained_solver_benchmark_smoke(tmp_path):
     out = tmp_path / "trained"
     main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "2",
           "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
-          "--out", str(out), "--threads", "1"])
+          "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts")])
     res = json.loads(out.with_suffix(".json").read_text())[0]
-    assert set(res["scores"]) >= {"ipndm", "ipndm+gits", "unipc+gits"}
+    assert set(res["scores"]) >= {"ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt",
+                                  "unipc+opt"}
     assert len(res["scores"]["ipndm"]["4"]) == 2
     assert "ratio ours/k" in out.with_suffix(".md").read_text()
+    # resumable: a rerun with a subset reuses every stored grid and score (same numbers)
+    main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "1",
+          "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
+          "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts"),
+          "--methods", "unipc+opt"])
+    again = json.loads(out.with_suffix(".json").read_text())[0]
+    assert again["scores"]["unipc+opt"]["4"] == res["scores"]["unipc+opt"]["4"][:1]
+    assert set(again["scores"]) == {"unipc+opt"}
