@@ -358,7 +358,6 @@ def main(argv=None) -> None:
     kd, kd_reason = load_k_diffusion()
     sets = datasets(args.quick)
     command = "python bench/solvers.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-    start = time.perf_counter()
     cases = []
     out = Path(args.out)
     cache = out.parent / f"{out.name}_cases"  # one JSON per finished case: a rerun reuses it
