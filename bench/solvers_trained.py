@@ -7,8 +7,10 @@ trainer.max_steps=2000``), with its EMA weights: at NFE 4, 5, 6, 8, 10 and for e
 seed, the same ``--n`` prior draws are integrated by
 
 * ours: ``ipndm`` and ``unipc`` on a GITS grid fitted for that NFE on the model's own
-  trajectories (``--fit-n`` other prior draws; :mod:`unified_ode.solvers.gits`), and ``ipndm``
-  on the field's default grid;
+  trajectories (``--fit-n`` other prior draws; :mod:`unified_ode.solvers.gits`), the same
+  two on their own grid refined from it (``+opt``: :func:`~unified_ode.solvers.gits.refine_grid`
+  on the solver's final-sample error against those trajectories' ends), and ``ipndm`` on the
+  field's default grid;
 * k-diffusion: ``sample_dpmpp_2m`` and ``sample_lms`` (its best samplers at these NFE on the
   exact-field table) on the field's default grid, through
   :class:`unified_ode.interop.KDiffusionDenoiser` (same checkpoint, same noise);
@@ -17,11 +19,17 @@ and scored by :class:`unified_ode.metrics.scoring.SampleScorer` (FID and KID aga
 images, Inception features; ``--extractor random`` for a quick smoke run). The table shows the
 mean and spread (min–max) over seeds and the ratio of our best mean FID to k-diffusion's best.
 Target (issue 12): ratio ≤ 0.8 at NFE 5 and 10.
+
+``--methods`` picks a subset (Inception features cost minutes per 1000 images on a CPU).
+Resumable: every grid and score is kept under ``--parts`` (default
+``outputs/solvers_trained_parts/``; keyed by run, method, NFE, seed, sample count and
+extractor) and a rerun reuses it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -38,10 +46,12 @@ from unified_ode.app.sample import load_model  # noqa: E402
 from unified_ode.interop import KDiffusionDenoiser, load_k_diffusion  # noqa: E402
 from unified_ode.metrics.scoring import SampleScorer  # noqa: E402
 from unified_ode.solvers import IPNDM, UniPC  # noqa: E402
-from unified_ode.solvers.gits import optimise_grid  # noqa: E402
+from unified_ode.solvers.gits import optimise_grid, refine_grid  # noqa: E402
 
 NFES = (4, 5, 6, 8, 10)
 PEERS = {"k_dpmpp_2m": "sample_dpmpp_2m", "k_lms": "sample_lms"}
+OURS = {"ipndm": IPNDM, "unipc": UniPC}
+METHODS = ("ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt", "unipc+opt", *PEERS)
 
 
 def load(run: str):
@@ -51,26 +61,67 @@ def load(run: str):
 
 
 @torch.no_grad()
-def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd) -> dict:
-    """``{method: samples}`` at one NFE from the prior draws ``x_T``."""
+def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods) -> dict:
+    """``{method: samples}`` at one NFE from the prior draws ``x_T``; ``grids[(kind, nfe)]``:
+    the fitted grids (``kind``: ``gits``, ``ipndm+opt``, ``unipc+opt``)."""
     flow = module.flow()
     out = {}
     default = IPNDM(steps=nfe).time_grid(module.field)
-    out["ipndm"] = IPNDM(steps=nfe).solve(flow, x_T, default).x
-    out["ipndm+gits"] = IPNDM(steps=nfe).solve(flow, x_T, grids[nfe]).x
-    out["unipc+gits"] = UniPC(steps=nfe).solve(flow, x_T, grids[nfe]).x
-    if kd is not None:
-        den = KDiffusionDenoiser(flow, module.field)
-        for name, fn in PEERS.items():
-            z = getattr(kd, fn)(den, den.to_k(x_T, default[0]), den.sigmas(default).to(x_T),
-                                disable=True)
-            out[name] = den.from_k(z, 0.0)
+    for method in methods:
+        if method in PEERS:
+            if kd is None:
+                continue
+            den = KDiffusionDenoiser(flow, module.field)
+            z = getattr(kd, PEERS[method])(den, den.to_k(x_T, default[0]),
+                                           den.sigmas(default).to(x_T), disable=True)
+            out[method] = den.from_k(z, 0.0)
+            continue
+        name, _, kind = method.partition("+")
+        grid = {"": default, "gits": grids.get(("gits", nfe)),
+                "opt": grids.get((method, nfe))}[kind]
+        out[method] = OURS[name](steps=nfe).solve(flow, x_T, grid).x
     return out
+
+
+def fit_grids(module, nfe: int, args, methods, parts: Path, log=print) -> tuple[dict, float]:
+    """The GITS grid at ``nfe`` (and the ``+opt`` grids among ``methods``), from
+    ``--fit-n`` prior draws of seed ``10000 + nfe``; reused from ``parts`` when stored."""
+    path = parts / f"grids-nfe{nfe}-fit{args.fit_n}-fine{args.fine_points}.json"
+    if path.exists():
+        d = json.loads(path.read_text())
+        if all(m in d["grids"] for m in methods if m.endswith("+opt")):
+            log(f"  grids NFE {nfe}: reused {path}")
+            return ({(k, nfe): torch.tensor(v, dtype=torch.float64)
+                     for k, v in d["grids"].items()}, d["seconds"])
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(10_000 + nfe)
+    x_fit = module.sample_prior(args.fit_n, generator=g)
+    solver = IPNDM(steps=nfe)
+    default = solver.time_grid(module.field)
+    fitted = optimise_grid(solver, module.flow(), default, x_fit,
+                           fine_points=args.fine_points, substeps=2)
+    grids = {"gits": fitted.times}
+    for m in methods:
+        if m.endswith("+opt"):
+            s = OURS[m.split("+")[0]](steps=nfe)
+            r = refine_grid(s, module.flow(), [fitted.times, s.time_grid(module.field)], x_fit,
+                            fitted.teacher_end)
+            grids[m] = r.times
+            log(f"  {m} NFE {nfe}: final error on the fitting draws {r.start_error:.4g} -> "
+                f"{r.error:.4g} ({r.accepted} moves)")
+    seconds = time.perf_counter() - start
+    path.write_text(json.dumps({"grids": {k: v.tolist() for k, v in grids.items()},
+                                "seconds": seconds}))
+    return {(k, nfe): v for k, v in grids.items()}, seconds
 
 
 def bench_run(run: str, args, kd, log=print) -> dict:
     module, datamodule = load(run)
     module.eval()
+    methods = list(args.methods)
+    key = hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:10]
+    parts = Path(args.parts) / f"{Path(run).name}-{key}"
+    parts.mkdir(parents=True, exist_ok=True)
     scorer = SampleScorer(n_samples=args.n, batch_size=args.n, seed=0,
                           extractor=args.extractor, inception_score=False,
                           kid_subset_size=min(1000, args.n), cache_dir=args.cache_dir)
@@ -80,28 +131,38 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                      "metrics": ["FID", "KID"] if images else ["SW", "MMD"]}
     grids = {}
     with module.use_ema(True):
-        for nfe in args.nfes:
-            start = time.perf_counter()
-            g = torch.Generator().manual_seed(10_000 + nfe)
-            x_fit = module.sample_prior(args.fit_n, generator=g)
-            solver = IPNDM(steps=nfe)
-            grids[nfe] = optimise_grid(solver, module.flow(), solver.time_grid(module.field),
-                                       x_fit, fine_points=args.fine_points, substeps=2).times
-            results["fit_seconds"][nfe] = time.perf_counter() - start
-            log(f"  GITS grid NFE {nfe}: {[round(t, 4) for t in grids[nfe].tolist()]} "
-                f"({results['fit_seconds'][nfe]:.1f} s)")
+        if any("+" in m for m in methods):
+            for nfe in args.nfes:
+                fitted, secs = fit_grids(module, nfe, args, methods, parts, log)
+                grids.update(fitted)
+                results["fit_seconds"][nfe] = secs
+                log(f"  GITS grid NFE {nfe}: "
+                    f"{[round(t, 4) for t in grids[('gits', nfe)].tolist()]} ({secs:.1f} s)")
         for seed in range(args.seeds):
             x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
             for nfe in args.nfes:
-                for method, x in samples_for(module, nfe, x_T, grids, kd).items():
-                    m = scorer.score_samples(x.float())
-                    # images: FID, KID; point clouds (smoke runs): sliced Wasserstein, MMD
-                    fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
-                    kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
+                todo = [m for m in methods
+                        if not (parts / f"{m}-nfe{nfe}-seed{seed}-n{args.n}-"
+                                f"{args.extractor}.json").exists()]
+                samples = samples_for(module, nfe, x_T, grids, kd, todo) if todo else {}
+                for method in methods:
+                    path = parts / f"{method}-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
+                    if path.exists():
+                        entry = json.loads(path.read_text())
+                    elif method in samples:
+                        m = scorer.score_samples(samples[method].float())
+                        # images: FID, KID; point clouds (smoke runs): sliced Wasserstein, MMD
+                        fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
+                        kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
+                        entry = {"seed": seed, "fid": float(fid), "kid": float(kid)}
+                        path.write_text(json.dumps(entry))
+                    else:
+                        continue
                     results["scores"].setdefault(method, {}).setdefault(str(nfe), []).append(
-                        {"seed": seed, "fid": float(fid), "kid": float(kid)})
-                    log(f"  seed {seed} NFE {nfe} {method}: FID {fid:.2f} KID {kid:.4f}")
-    results["grids"] = {str(k): v.tolist() for k, v in grids.items()}
+                        entry)
+                    log(f"  seed {seed} NFE {nfe} {method}: FID {entry['fid']:.2f} "
+                        f"KID {entry['kid']:.4f}")
+    results["grids"] = {f"{k}@{n}": v.tolist() for (k, n), v in grids.items()}
     return results
 
 
@@ -121,14 +182,15 @@ def table(res: dict, nfes=NFES) -> list[str]:
                 f"{second} {sum(k) / len(k):.4f}")
 
     for method, by_nfe in res["scores"].items():
-        lines.append(f"| {method} | " + " | ".join(cell(by_nfe[str(n)]) for n in NFES) + " |")
+        lines.append(f"| {method} | " + " | ".join(
+            cell(by_nfe[str(n)]) if str(n) in by_nfe else "–" for n in NFES) + " |")
     ratios = []
     for n in NFES:
         mean = {m: sum(v["fid"] for v in s[str(n)]) / len(s[str(n)])
-                for m, s in res["scores"].items()}
-        ours = min(v for m, v in mean.items() if not m.startswith("k_"))
+                for m, s in res["scores"].items() if str(n) in s}
+        ours = [v for m, v in mean.items() if not m.startswith("k_")]
         peers = [v for m, v in mean.items() if m.startswith("k_")]
-        ratios.append(f"{ours / min(peers):.2f}" if peers else "–")
+        ratios.append(f"{min(ours) / min(peers):.2f}" if peers and ours else "–")
     lines += [f"| **ratio ours/k (best mean {first})** | " + " | ".join(ratios) + " |", ""]
     return lines
 
@@ -145,6 +207,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None, help="reference feature cache")
     parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES))
+    parser.add_argument("--parts", default=str(ROOT / "outputs" / "solvers_trained_parts"),
+                        help="where grids and scores are kept for reruns")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods to score (each costs one FID per NFE and seed)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kd, reason = load_k_diffusion()

@@ -30,8 +30,32 @@ def test_trained_solver_benchmark_smoke(tmp_path):
     out = tmp_path / "trained"
     main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "2",
           "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
-          "--out", str(out), "--threads", "1"])
+          "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts")])
     res = json.loads(out.with_suffix(".json").read_text())[0]
-    assert set(res["scores"]) >= {"ipndm", "ipndm+gits", "unipc+gits"}
+    assert set(res["scores"]) >= {"ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt",
+                                  "unipc+opt"}
     assert len(res["scores"]["ipndm"]["4"]) == 2
     assert "ratio ours/k" in out.with_suffix(".md").read_text()
+    # resumable: a rerun with a subset reuses every stored grid and score (same numbers)
+    main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "1",
+          "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
+          "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts"),
+          "--methods", "unipc+opt"])
+    again = json.loads(out.with_suffix(".json").read_text())[0]
+    assert again["scores"]["unipc+opt"]["4"] == res["scores"]["unipc+opt"]["4"][:1]
+    assert set(again["scores"]) == {"unipc+opt"}
+
+
+@pytest.mark.slow
+def test_solver_diagnosis_splits_the_error_by_training_point():
+    """bench/solvers_diag.py on digits (exact VE field): every solver's row; the squared error
+    of the samples that end on the reference's training point plus that of the switched ones
+    adds up to the total (rest² (1 − moved) = rms² (1 − share))."""
+    from bench.solvers_diag import main
+
+    rows = main(["--field", "ve", "--data", "digits", "--nfe", "4", "--n", "24"])
+    assert [r[0] for r in rows][:3] == ["ipndm", "unipc", "ipndm+gits"]
+    for name, err, moved, rest, share in rows:
+        assert 0 <= moved <= 1 and 0 <= share <= 1 and err > 0, name
+        assert rest**2 * (1 - moved) == pytest.approx(err**2 * (1 - share), rel=1e-9,
+                                                      abs=1e-15), name

@@ -160,6 +160,13 @@ def test_sample_py_optimise_grid_then_sample_with_it(tmp_path):
     info = json.loads(path.read_text())
     assert info["solver"] == "ipndm" and info["nfe"] == 4 and info["steps"] == 4
     assert "RMS" in info["minimised"] and info["cost"] <= info["default_cost"]
+    assert info["refined"] is None and info["times"] == info["gits_times"]
+    run_script("sample.py", *common, "task=optimise_grid", "grid_fit.n=32",
+               "grid_fit.fine_points=16", "grid_fit.substeps=2", "grid_fit.refine=true",
+               f"grid_fit.out={tmp_path / 'refined.json'}", f"out_dir={tmp_path / 'fit3'}")
+    refined = json.loads((tmp_path / "refined.json").read_text())
+    assert "final samples" in refined["minimised"] and len(refined["times"]) == 5
+    assert refined["refined"]["final_error"] <= refined["refined"]["start_final_error"]
     run_script("sample.py", *common, f"solver.grid={path}", "n=50", "record_every=0",
                f"out_dir={tmp_path / 's'}")
     sample_info = json.loads((tmp_path / "s" / "sample_info.json").read_text())
@@ -176,3 +183,37 @@ def test_sample_py_optimise_grid_then_sample_with_it(tmp_path):
     none = run_script("sample.py", *common, "solver.grid=optimised", "n=10",
                       f"out_dir={tmp_path / 's3'}", check=False)
     assert none.returncode != 0 and "run=<dir>" in none.stderr
+
+
+def test_refined_grid_never_worse_than_its_starting_grids_on_the_fitting_draws():
+    """refine_grid (issue 12 §3, LD3-style): same length, t_max, t_min and final 0, strictly
+    decreasing; its final-sample error against the teacher (recomputed here) is the reported
+    one and at most the best starting grid's; the teacher's final samples are the exact last
+    step of its states at t_min; mismatched starting grids and a bad `at` are clear errors."""
+    from unified_ode.solvers.gits import final_error, refine_grid
+
+    field = VEField()
+    flow = ProbabilityFlow.exact(field, DATA)
+    solver = UniPC(steps=6)
+    default = solver.time_grid(field)
+    x = prior(field, 32, 0)
+    fitted = optimise_grid(IPNDM(steps=6), flow, default, x, fine_points=24, substeps=2)
+    t_min = torch.tensor(field.t_min, dtype=F64)
+    assert torch.equal(fitted.teacher_end, flow.last_step(fitted.teacher, t_min))
+    refined = refine_grid(solver, flow, [fitted.times, default], x, fitted.teacher_end, sweeps=2)
+    t = refined.times
+    assert len(t) == len(default) and bool(torch.all(t[1:] < t[:-1]))
+    assert float(t[0]) == field.t_max and float(t[-1]) == 0.0
+    assert float(t[-2]) == pytest.approx(field.t_min, rel=1e-12)
+    starts = [final_error(solver, flow, g, x, fitted.teacher_end)[0]
+              for g in (fitted.times, default)]
+    assert refined.start_error == pytest.approx(min(starts), rel=1e-12)
+    assert final_error(solver, flow, t, x, fitted.teacher_end)[0] == pytest.approx(
+        refined.error, rel=1e-12)
+    assert refined.error <= refined.start_error
+    assert refined.nfe_fit > 0
+    with pytest.raises(ValueError, match="share their length"):
+        refine_grid(solver, flow, [default, IPNDM(steps=5).time_grid(field)], x,
+                    fitted.teacher_end)
+    with pytest.raises(ValueError, match="at must be"):
+        final_error(solver, flow, default, x, fitted.teacher_end, at="middle")
