@@ -1,7 +1,9 @@
 """The paper's claim, tested fairly (issue 17): can a field built with the unified method beat
 VE and PFGM++ (D = 128) at equal tuning budget?
 
-    python bench/new_fields.py                 # --preset small -> docs/new_fields.md
+    python bench/new_fields.py                 # --preset medium -> docs/new_fields.md
+    python bench/new_fields.py --datasets moons   # one data set (run several in parallel)
+    python bench/new_fields.py --preset small  # a quicker, weaker study
     python bench/new_fields.py --full          # the 3-hour preset (2 cores)
     python bench/new_fields.py --smoke         # seconds: a pipeline check -> outputs/...
     python bench/new_fields.py --report-only   # rewrite the page from finished runs

@@ -18,7 +18,7 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(prog="bench/new_fields.py", description=entry.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="medium")
     p.add_argument("--full", action="store_true", help="same as --preset full")
     p.add_argument("--smoke", action="store_true", help="same as --preset smoke")
     p.add_argument("--root", help="where runs go (default outputs/new_fields_<preset>)")
