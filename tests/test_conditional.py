@@ -53,6 +53,18 @@ def test_toy_labels_are_the_mode_moon_and_square(name, classes):
     assert xb.shape == (64, 2) and yb.shape == (64,) and dm.num_classes == classes
 
 
+@pytest.mark.parametrize("name", ["eight_gaussians", "moons", "checkerboard"])
+def test_every_prefix_of_a_toy_draw_is_a_draw_of_the_whole_law(name):
+    """Metrics take the first k points of a reference (MMD, precision/recall): a generator
+    that emits its classes in blocks (moons did: the upper moon first) would make that prefix
+    one class only. The class shares of the first 10 % match the whole draw's."""
+    _, y = toy_samples(name, 10_000, 0, return_labels=True)
+    classes = int(y.max()) + 1
+    whole = torch.bincount(y, minlength=classes).double() / len(y)
+    head = torch.bincount(y[:1000], minlength=classes).double() / 1000
+    assert (head - whole).abs().max() < 0.05, (head, whole)
+
+
 def test_digits_batches_carry_the_digit():
     dm = DigitsDataModule(batch_size=32, conditional=True)
     dm.setup()

@@ -124,6 +124,10 @@ TOY_LABELS = {
 }
 
 
+#: Generators that emit their rows grouped (moons: the upper moon's ``n // 2`` points first);
+#: :func:`toy_samples` shuffles their rows, so a prefix of a draw is never one group only.
+EMITTED_IN_ORDER = frozenset({"moons"})
+
 TOY_SETS = {
     "checkerboard": _checkerboard,
     "moons": _moons,
@@ -140,17 +144,23 @@ def toy_samples(name: str, n: int, seed: int, *, return_labels: bool = False):
     if name not in TOY_SETS:
         raise UserError(f"unknown toy data set {name!r}. Choose dataset.name from: "
                         f"{', '.join(sorted(TOY_SETS))}")
-    raw = TOY_SETS[name](n, np.random.default_rng(seed))
+    if return_labels and name not in TOY_LABELS:
+        raise UserError(f"dataset.conditional=true needs labels, and the toy set {name!r} "
+                        f"has none; toy sets with classes: {', '.join(sorted(TOY_LABELS))}")
+    rng = np.random.default_rng(seed)
+    raw = TOY_SETS[name](n, rng)
+    labels = TOY_LABELS[name][1](raw) if name in TOY_LABELS else None
+    if name in EMITTED_IN_ORDER:  # rows in random order: any first k are a draw of the law
+        order = rng.permutation(n)
+        raw = raw[order]
+        labels = None if labels is None else labels[order]
     # Standardise with statistics of a large fixed reference draw, so every split and size
     # shares one affine map.
     ref = TOY_SETS[name](100_000, np.random.default_rng(12345))
     out = (raw - ref.mean(0)) / ref.std()
     points = torch.from_numpy(out.astype(np.float32))
     if return_labels:
-        if name not in TOY_LABELS:
-            raise UserError(f"dataset.conditional=true needs labels, and the toy set {name!r} "
-                            f"has none; toy sets with classes: {', '.join(sorted(TOY_LABELS))}")
-        return points, torch.from_numpy(TOY_LABELS[name][1](raw))
+        return points, torch.from_numpy(labels)
     return points
 
 
