@@ -36,7 +36,7 @@ from torch import Tensor
 from unified_ode.distill.base import Distillation
 from unified_ode.errors import UserError
 from unified_ode.objectives.base import Objective, per_sample_mse
-from unified_ode.parametrisation import Parametrisation, denoiser_output
+from unified_ode.parametrisation import Denoiser, Parametrisation, denoiser_output
 from unified_ode.physics.base import bcast
 from unified_ode.timegrid import make_grid
 
@@ -50,10 +50,10 @@ class ConsistencyFunction(Parametrisation):
 
     @classmethod
     def unsupported(cls, field):
-        if not field.has_denoiser_form:
-            return (f"physics={field.name} has no denoiser form; consistency distillation needs "
-                    "an affine field (use distill=reflow)")
-        return None
+        reason = Denoiser.unsupported(field)  # the same requirement: a denoiser form
+        if reason is None:
+            return None
+        return f"{reason}; consistency distillation needs an affine field (use distill=reflow)"
 
     def boundary_weight(self, t: Tensor, like: Tensor) -> Tensor:
         """``w(t) = 1 − t_min/t`` ``(B,)``: 0 exactly at ``t_min``, -> 1 at high noise."""
