@@ -149,7 +149,7 @@ def toy_samples(name: str, n: int, seed: int, *, return_labels: bool = False):
                         f"has none; toy sets with classes: {', '.join(sorted(TOY_LABELS))}")
     rng = np.random.default_rng(seed)
     raw = TOY_SETS[name](n, rng)
-    labels = TOY_LABELS[name][1](raw) if name in TOY_LABELS else None
+    labels = TOY_LABELS[name][1](raw) if return_labels else None  # before any reordering
     if name in EMITTED_IN_ORDER:  # rows in random order: any first k are a draw of the law
         order = rng.permutation(n)
         raw = raw[order]
