@@ -145,7 +145,7 @@ def bare_heun(model, field, x, times) -> torch.Tensor:
 
 
 def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: int,
-            n_samples: int) -> dict:
+            n_samples: int, sample_repeats: int = 5) -> dict:
     from unified_ode.app.build import build_module
 
     cfg = compose(overrides + [f"trainer.max_steps={steps}"])
@@ -169,14 +169,19 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
             else:
                 bare_t.append(bare_steps(module, batches, warmup, clip))
         module.eval()
-        sides = [("ours", ours_s), ("bare", bare_s)]
-        for which, out in (sides if r % 2 == 0 else sides[::-1]):
-            start = clock()
-            if which == "ours":
-                res = module.sample(x_T=x_T, ema=False)
-            else:
-                x_bare = bare_heun(module.model, module.field, x_T, times)
-            out.append(clock() - start)
+        # a sampling call is short (~0.25 s for toy2d): each round times `sample_repeats`
+        # alternating pairs of calls and keeps the median of each side
+        per_call = {"ours": [], "bare": []}
+        for k in range(sample_repeats):
+            for which in (("ours", "bare") if (r + k) % 2 == 0 else ("bare", "ours")):
+                start = clock()
+                if which == "ours":
+                    res = module.sample(x_T=x_T, ema=False)
+                else:
+                    x_bare = bare_heun(module.model, module.field, x_T, times)
+                per_call[which].append(clock() - start)
+        ours_s.append(statistics.median(per_call["ours"]))
+        bare_s.append(statistics.median(per_call["bare"]))
         if not torch.allclose(res.x, x_bare, rtol=1e-4, atol=1e-5):
             raise RuntimeError(f"{name}: the bare Heun loop does not reproduce sample(); the "
                                "comparison would not be like for like")
@@ -197,6 +202,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="steps excluded from timing")
     parser.add_argument("--rounds", type=int, default=3, help="alternating repetitions")
     parser.add_argument("--samples", type=int, default=1000, help="samples per sampling call")
+    parser.add_argument("--sample-repeats", type=int, default=5,
+                        help="alternating sampling calls per side and round (median kept)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1; 0: torch's default)")
     args = parser.parse_args(argv)
@@ -205,7 +212,8 @@ def main(argv=None) -> None:
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
 
-    rows = [measure(s, SETUPS[s], args.steps, args.warmup, args.rounds, args.samples)
+    rows = [measure(s, SETUPS[s], args.steps, args.warmup, args.rounds, args.samples,
+                    args.sample_repeats)
             for s in args.setups]
     command = "python bench/overhead.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:]
                                             else "")

@@ -23,7 +23,9 @@ Target (issue 12): ratio ≤ 0.8 at NFE 5 and 10.
 ``--methods`` picks a subset (Inception features cost minutes per 1000 images on a CPU).
 Resumable: every grid and score is kept under ``--parts`` (default
 ``outputs/solvers_trained_parts/``; keyed by run, method, NFE, seed, sample count and
-extractor) and a rerun reuses it.
+extractor) and a rerun reuses it. ``--reference-nfe 50`` adds the model's converged score
+(ipndm at 50 NFE on the same draws): a sampler cannot beat it by much at any NFE, so it bounds
+the ratio the table can reach.
 """
 
 from __future__ import annotations
@@ -162,8 +164,38 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                         entry)
                     log(f"  seed {seed} NFE {nfe} {method}: FID {entry['fid']:.2f} "
                         f"KID {entry['kid']:.4f}")
+        if args.reference_nfe:
+            results["reference"] = reference_scores(module, args, scorer, parts, log)
     results["grids"] = {f"{k}@{n}": v.tolist() for (k, n), v in grids.items()}
     return results
+
+
+@torch.no_grad()
+def reference_scores(module, args, scorer, parts: Path, log=print) -> dict:
+    """The model's own converged score: ``ipndm`` with ``--reference-nfe`` steps on the
+    field's default grid, from the same prior draws as the table (seed by seed). No solver
+    can do much better than this at any NFE, so ``reference / best peer`` is the lowest
+    ratio the table can show."""
+    nfe = args.reference_nfe
+    solver = IPNDM(steps=nfe)
+    times = solver.time_grid(module.field)
+    entries = []
+    for seed in range(args.seeds):
+        path = parts / f"reference-ipndm-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
+        if path.exists():
+            entry = json.loads(path.read_text())
+        else:
+            x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
+            m = scorer.score_samples(solver.solve(module.flow(), x_T, times).x.float())
+            entry = {"seed": seed,
+                     "fid": float(next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))),
+                     "kid": float(next(v for k, v in m.items()
+                                       if k.startswith(("kid@", "mmd@"))))}
+            path.write_text(json.dumps(entry))
+        log(f"  seed {seed} reference ipndm NFE {nfe}: FID {entry['fid']:.2f} "
+            f"KID {entry['kid']:.4f}")
+        entries.append(entry)
+    return {"nfe": nfe, "scores": entries}
 
 
 def table(res: dict, nfes=NFES) -> list[str]:
@@ -191,8 +223,22 @@ def table(res: dict, nfes=NFES) -> list[str]:
         ours = [v for m, v in mean.items() if not m.startswith("k_")]
         peers = [v for m, v in mean.items() if m.startswith("k_")]
         ratios.append(f"{min(ours) / min(peers):.2f}" if peers and ours else "–")
-    lines += [f"| **ratio ours/k (best mean {first})** | " + " | ".join(ratios) + " |", ""]
-    return lines
+    lines += [f"| **ratio ours/k (best mean {first})** | " + " | ".join(ratios) + " |"]
+    ref = res.get("reference")
+    if ref:
+        f = [v["fid"] for v in ref["scores"]]
+        ref_mean = sum(f) / len(f)
+        floors = []
+        for n in NFES:
+            peers = [sum(v["fid"] for v in s[str(n)]) / len(s[str(n)])
+                     for m, s in res["scores"].items() if m.startswith("k_") and str(n) in s]
+            floors.append(f"{ref_mean / min(peers):.2f}" if peers else "–")
+        lines += [f"| reference: ipndm NFE {ref['nfe']} (the model's converged {first}) | "
+                  f"{ref_mean:.2f} ({min(f):.2f}–{max(f):.2f}) at every NFE |"
+                  + " |" * (len(NFES) - 1),
+                  "| lowest reachable ratio (reference / k's best) | " + " | ".join(floors)
+                  + " |"]
+    return lines + [""]
 
 
 def main(argv=None) -> None:
@@ -211,6 +257,9 @@ def main(argv=None) -> None:
                         help="where grids and scores are kept for reruns")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="methods to score (each costs one FID per NFE and seed)")
+    parser.add_argument("--reference-nfe", type=int, default=0,
+                        help="also score ipndm at this NFE on the default grid (the model's "
+                             "converged score, the floor of every ratio); 0: not scored")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kd, reason = load_k_diffusion()

@@ -40,10 +40,15 @@ def test_trained_solver_benchmark_smoke(tmp_path):
     main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "1",
           "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
           "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts"),
-          "--methods", "unipc+opt"])
+          "--methods", "unipc+opt", "k_dpmpp_2m", "--reference-nfe", "8"])
     again = json.loads(out.with_suffix(".json").read_text())[0]
     assert again["scores"]["unipc+opt"]["4"] == res["scores"]["unipc+opt"]["4"][:1]
-    assert set(again["scores"]) == {"unipc+opt"}
+    assert set(again["scores"]) == {"unipc+opt", "k_dpmpp_2m"}
+    # the converged reference (ipndm, 8 steps): scored once per seed, beside the table
+    ref = again["reference"]
+    assert ref["nfe"] == 8 and [e["seed"] for e in ref["scores"]] == [0]
+    text = out.with_suffix(".md").read_text()
+    assert "reference: ipndm NFE 8" in text and "lowest reachable ratio" in text
 
 
 @pytest.mark.slow
