@@ -5,6 +5,7 @@ config group; and old run directories (physics.objective) that still sample."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -190,3 +191,34 @@ def test_flow_of_an_exact_model_is_what_solvers_see():
     assert flow.schedule is not None and flow.name == "ve"
     assert ProbabilityFlow.exact(RadialGeneralField(), torch.randn(8, 2, dtype=F64)).schedule \
         is None
+
+
+@pytest.mark.parametrize("factory", [PoissonField, lambda: PFGMPPField(D=8),
+                                     lambda: PFGMPPField(D=128)])
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
+def test_heavy_tailed_preconditioning_matches_its_definition_in_float64(factory, shape):
+    """The heavy-tailed coefficients (float32, as networks use them) against their definition
+    evaluated term by term in float64 over the same strata of the precision w: with
+    ``v = sd² + σ²/w`` and the level's posterior ∝ ``v^(-d/2) exp(−‖x~‖²/(2v))``,
+    ``c_skip = E[sd²/v]``, ``c_out² = E[sd² σ²/(w v)]``, ``c_in = E[v]^(-1/2)``,
+    ``c_noise = ln(E[σ²/w])/8``; from t_min (where c_out is tiny beside c_skip ≈ 1) to t_max."""
+    field = factory()
+    sd = 0.5
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    t = torch.logspace(math.log10(field.t_min), math.log10(field.t_max), n, dtype=F64)
+    x = field.sample_kernel(sd * torch.randn(n, *shape, generator=g, dtype=F64), t, generator=g)
+    got = field.denoiser_coefficients(x.float(), t.float(), sd)
+
+    w = field.noise.mixture_precisions().to(F64)
+    sigma = (field.sigma(t) * torch.ones(n, dtype=F64))[:, None]
+    xs = x * (1.0 / field.a(t)).view(-1, *[1] * len(shape))
+    d = math.prod(shape)
+    v = sd**2 + sigma**2 / w
+    logits = -0.5 * d * v.log() - 0.5 * xs.flatten(1).pow(2).sum(1, keepdim=True) / v
+    post = torch.softmax(logits, dim=1)
+    want = ((post * sd**2 / v).sum(1), (post * sd**2 * sigma**2 / (w * v)).sum(1).sqrt(),
+            (post * v).sum(1).rsqrt(), (post * sigma**2 / w).sum(1).log() / 8)
+    for name, a, b in zip(("c_skip", "c_out", "c_in", "c_noise"), got, want):
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-6, msg=name)

@@ -383,14 +383,22 @@ class AffineField(Field):
         # in the states' dtype: the softmax is shift-invariant, and float32 keeps the
         # coefficients' relative error ~1e-6 (float64 here cost ~8% of a training step)
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        level2 = sigma[:, None] ** 2 / w.to(device=x.device, dtype=x.dtype)[None, :]  # (B, K)
-        var = sd2 + level2
-        sq = xs.flatten(1).pow(2).sum(1, keepdim=True)
-        post = torch.softmax(-0.5 * d * var.log() - 0.5 * sq / var, dim=1)
-        c_skip = (post * sd2 / var).sum(1)
-        c_out = (post * sd2 * level2 / var).sum(1).sqrt()
-        c_in = (post * var).sum(1).rsqrt()
-        c_noise = (post * level2).sum(1).log() / 8
+        # (B, K) arrays, in few passes (this runs once per training step and per network
+        # call, on B × 256 values: for small networks it is a large share of the step)
+        level2 = torch.outer(sigma.square(), w.to(device=x.device, dtype=x.dtype).reciprocal())
+        var = level2 + sd2
+        inv_var = var.reciprocal()
+        sq = xs.flatten(1).square().sum(1, keepdim=True)
+        logits = var.log().mul_(-0.5 * d).addcmul_(inv_var, sq, value=-0.5)
+        post = torch.softmax(logits, dim=1)
+
+        def expect(values):  # E[values] under the level's posterior, per row: (B,)
+            return (post * values).sum(1)
+
+        c_skip = sd2 * expect(inv_var)
+        c_out = (sd2 * expect(level2 * inv_var)).sqrt()
+        c_in = expect(var).rsqrt()
+        c_noise = expect(level2).log() / 8
         return c_skip, c_out, c_in, c_noise
 
     def noise_level(self, x: Tensor, t: Tensor) -> Tensor:
