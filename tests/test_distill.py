@@ -462,7 +462,7 @@ def test_train_a_consistency_student_of_the_exact_field_and_sample_at_nfe_1_2_4(
 
 
 # 4 steps per epoch (256 points, batches of 64): an interruption at N = 4 is an epoch boundary,
-# where resuming is bitwise exact (tests/test_training_services.py).
+# where resuming is bitwise exact (tests/test_resume.py).
 N = 4
 RESUME = ["physics=ve", "distill=consistency", "distill.teacher=exact", "distill.intervals=8",
           "dataset.n_train=256", "dataset.n_heldout=64", "dataset.batch_size=64",
@@ -477,7 +477,8 @@ def test_resumed_consistency_run_continues_the_saved_target_network(tmp_path):
     """N steps, then ``resume=true`` to 2N, ends with the same target network (and student) as
     2N steps at once: the target is saved in the checkpoint and restored, not re-initialised
     from the student."""
-    from tests.test_training_services import compose_plain, restored_environment
+    from tests.conftest import compose_plain
+    from tests.training_runs import restored_environment
     from unified_ode.app.train import run_training
     from unified_ode.distill.base import DISTILL_KEY
 
