@@ -9,12 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CONF, run_script
-from tests.training_runs import (
-    TINY,
-    column,
-    load_ckpt,
-    read_csv,
-)
+from tests.training_runs import TINY, column, load_ckpt, read_csv
 
 
 def evaluate_in_process(run_dir: Path, out_dir: Path, *overrides: str) -> dict:

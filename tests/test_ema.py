@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from tests.conftest import compose_plain
-from tests.training_runs import (
-    MODULE_TINY,
-)
+from tests.training_runs import MODULE_TINY
 from unified_ode.lit.ema import EMA, EMA_KEY
 
 

@@ -7,11 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import compose_plain, run_script
-from tests.training_runs import (
-    TINY,
-    column,
-    read_csv,
-)
+from tests.training_runs import TINY, column, read_csv
 
 
 @pytest.mark.slow

@@ -16,14 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_plain, run_script
-from tests.training_runs import (
-    RESUME_TINY,
-    N,
-    column,
-    load_ckpt,
-    read_csv,
-    restored_environment,
-)
+from tests.training_runs import RESUME_TINY, N, column, load_ckpt, read_csv, restored_environment
 from unified_ode.errors import UserError
 from unified_ode.lit.ema import EMA_KEY
 

@@ -12,11 +12,7 @@ import torch
 from torch import nn
 
 from tests.conftest import compose_plain
-from tests.training_runs import (
-    RESUME_TINY,
-    N,
-    restored_environment,
-)
+from tests.training_runs import RESUME_TINY, N, restored_environment
 from unified_ode.errors import UserError
 
 

@@ -10,12 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import run_script
-from tests.training_runs import (
-    TINY,
-    column,
-    load_ckpt,
-    read_csv,
-)
+from tests.training_runs import TINY, column, load_ckpt, read_csv
 
 
 def final_metric(job_dir: Path, name: str = "val/sw") -> float:
