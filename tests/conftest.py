@@ -30,6 +30,14 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
                        return_hydra_config=True)
 
 
+def compose_plain(config_name: str, overrides: list[str]):
+    """A composed config without the ``hydra`` node (for in-process runs)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 600,
                check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python <script> args...`` from the repository root; returns the completed process."""

@@ -364,7 +364,8 @@ def test_velocity_model_gives_the_same_denoiser():
 
 
 # --- configs and sample.py -------------------------------------------------------------------
-# ODE solvers only (solver=consistency samples a consistency function: tests/test_distill.py)
+# ODE solvers only (solver=consistency samples a consistency function:
+# tests/test_distill_consistency.py)
 SOLVER_CONFIGS = sorted(p.stem for p in (CONF / "solver").glob("*.yaml")
                         if getattr(instantiate(OmegaConf.load(p)), "ode_solver", True))
 
