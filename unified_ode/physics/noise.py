@@ -94,6 +94,10 @@ class NoiseLaw:
 
     #: True when the density depends on ``eps`` only through ``||eps||``.
     isotropic: bool = False
+    #: ``c`` when ``log q(base + delta) − log q(base) = c · delta`` exactly (log-density affine
+    #: in the squared norm: the Gaussian, ``c = −1/2``), so that posterior logits are affine in
+    #: ``x·y`` (attention); ``None`` otherwise.
+    delta_slope: float | None = None
     #: Per-coordinate scale of ``eps`` used to express the noise level in data units (the
     #: ``sigma`` of EDM preconditioning): 1 for N(0, I) and for the Student-t laws of PFGM++.
     scale: float = 1.0
@@ -122,6 +126,22 @@ class NoiseLaw:
         (the exact field's logits in float32). ``inplace=True`` may overwrite ``delta``."""
         sq = (base + delta).clamp_min_(0.0)
         return self.log_prob_sqnorm(sq, dim, inplace=True).sub_(self.log_prob_sqnorm(base, dim))
+
+    def shift_row_factor(self, base: Tensor) -> Tensor | None:
+        """A per-row factor ``k`` ``(N,)`` (or ``None``: 1) for squared norms ``base`` ``(N,)``:
+        a caller of :meth:`scaled_log_prob_shift_` forms ``k·delta`` instead of ``delta`` in
+        its matrix product (the factor costs no pass over the ``(N, M)`` chunk there)."""
+        return None
+
+    def scaled_log_prob_shift_(self, kdelta: Tensor, base: Tensor, dim: int):
+        """In place, the exact field's logits in as few passes as the law allows: ``(ell,
+        scale)`` with ``scale · ell = log q(base + delta) − log q(base) + c`` (``c`` constant
+        along a row), given ``kdelta = k · delta`` ``(N, M)`` with ``k`` from
+        :meth:`shift_row_factor` and ``base`` ``(N, 1)``. ``scale`` is ``None`` (``ell`` is the
+        logit itself) or a negative Python number with ``ell`` increasing in ``delta``, so that
+        a row's largest logit is ``scale · min(ell)`` (the softmax folds the product into its
+        shift pass). Overwrites ``kdelta``. Default: :meth:`log_prob_sqnorm_shift`."""
+        return self.log_prob_sqnorm_shift(kdelta, base, dim, inplace=True), None
 
     def scaled_log_prob_(self, sqnorm: Tensor, inv_var: Tensor, dim: int):
         """In place, for the exact field's ``(N, M)`` chunks: ``(ell, scale)`` with
@@ -161,6 +181,7 @@ class GaussianNoise(NoiseLaw):
     """``eps ~ N(0, I)``: the heat-equation kernel (VE, EDM, VP)."""
 
     isotropic = True
+    delta_slope = -0.5
 
     def sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
@@ -172,11 +193,15 @@ class GaussianNoise(NoiseLaw):
         return const - 0.5 * sqnorm
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
-        return delta.mul_(-0.5) if inplace else -0.5 * delta
+        return delta.mul_(self.delta_slope) if inplace else self.delta_slope * delta
 
     def scaled_log_prob_(self, sqnorm, inv_var, dim):
         # −||eps||²/2 + const: ell = sqnorm itself, no pass over the chunk
-        return sqnorm, -0.5 * inv_var
+        return sqnorm, self.delta_slope * inv_var
+
+    def scaled_log_prob_shift_(self, kdelta, base, dim):
+        # −(base + delta)/2: ell = delta itself, no pass over the chunk
+        return kdelta, self.delta_slope
 
     def describe(self):
         return "N(0, I)"
@@ -240,6 +265,20 @@ class StudentTNoise(NoiseLaw):
         else:
             ell = sqnorm.mul_(z).log1p_()
         return ell, -p
+
+    def shift_row_factor(self, base):
+        return 1.0 / (base + self.dof)
+
+    def scaled_log_prob_shift_(self, kdelta, base, dim):
+        # ell = log(1 + delta/(ν + base)) from kdelta = delta/(ν + base) (the division made in
+        # the caller's matrix product), kept above log(ν/(ν + base)) (base + delta >= 0 up to
+        # rounding); scale −(ν+d)/2. Three light passes where log(1 + r) suffices, else two
+        # (log1p: precise where r is small, the large-d case in float32; see log1p_fast_)
+        p = 0.5 * (self.dof + dim)
+        lowest = base / (base + self.dof)  # −lowest <= r, i.e. 1 + r >= ν/(ν + base)
+        if p * torch.finfo(kdelta.dtype).eps <= 1e-5:
+            return kdelta.clamp_(min=lowest.neg()).add_(1.0).log_(), -p
+        return kdelta.clamp_(min=lowest.neg()).log1p_(), -p
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1
