@@ -6,8 +6,9 @@
 
 **Throughput.** For each ``d`` in ``--dims`` and ``M`` in ``--points`` a fresh process builds
 ``M`` float32 points (uniform in ``[-1, 1]^d``), runs one warm-up call and then
-``--repeats`` calls of the default exact Poisson field (``network=exact``: dtype auto, default
-chunks) on ``--queries`` states at ``t = 1``, and times ``torch.mm`` over the same chunks
+``--repeats`` calls of the default exact field (``network=exact``: dtype auto, default
+chunks) of each of ``--fields`` (Poisson; VE, whose Gaussian kernel takes the fused attention
+path up to 128 dims) on ``--queries`` states at ``t = 1``, and times ``torch.mm`` over the same chunks
 (``(query_chunk × d) @ (d × data_chunk)`` for every pair of chunks: one pass of ``N·M·d``
 multiply-adds) in the same process. Rates are query·point·dim per CPU second (best of the
 repeats). The exact field needs two such passes for ``d`` above the direct-path limit (the
@@ -52,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unified_ode.physics import ExactPosterior, PoissonField, VEField  # noqa: E402
+from unified_ode.physics.posterior import ATTENTION_MAX_DIM  # noqa: E402
 
 
 def _rss() -> int:
@@ -64,9 +66,12 @@ def _current_rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def one(dim: int, points: int, queries: int, repeats: int) -> dict:
+FIELDS = {"poisson": PoissonField, "ve": VEField}
+
+
+def one(dim: int, points: int, queries: int, repeats: int, field_name: str = "poisson") -> dict:
     """Measure one (d, M) in this process; returns a JSON-able row."""
-    field = PoissonField()
+    field = FIELDS[field_name]()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(queries, dim, generator=g) * 2.0
     t = torch.full((queries,), 1.0)
@@ -91,14 +96,18 @@ def one(dim: int, points: int, queries: int, repeats: int) -> dict:
                 torch.mm(x[i:i + qc], data[j:j + dc].T)
         mm_best = min(mm_best, time.process_time() - start)
     work = queries * points * dim
-    # one query chunk's working set: logits (and their weights' buffer) plus, on the direct
-    # path, the differences (qc x d x dc); on the matrix-product path the (qc x d) queries,
-    # their scaled copy, the accumulator and the output
+    # one query chunk's working set: the logits buffer (reused by every data chunk) plus, on
+    # the direct path, the differences (qc x d x dc); on the matrix-product path the (qc x d)
+    # queries, their scaled copy, the accumulator and the output
     elt = model.data.element_size()
-    working_set = qc * dc * elt * (2 + model.dim) if model.direct else (
-        qc * dc * elt * 2 + 4 * min(qc, queries) * dim * elt)
-    return {"d": dim, "M": points, "N": queries, "dtype": str(model.dtype).split(".")[-1],
-            "path": "direct" if model.direct else "matmul", "seconds": best,
+    working_set = qc * dc * elt * (1 + model.dim) if model.direct else (
+        qc * dc * elt + 4 * min(qc, queries) * dim * elt)
+    path = "direct" if model.direct else "matmul"
+    if not model.direct and model.attention and field.noise.delta_slope is not None \
+            and dim <= ATTENTION_MAX_DIM:
+        path = "attention"
+    return {"field": field_name, "d": dim, "M": points, "N": queries,
+            "dtype": str(model.dtype).split(".")[-1], "path": path, "seconds": best,
             "rate": work / best, "mm_rate": work / mm_best, "peak_bytes": peak,
             "data_bytes": data.numel() * data.element_size(), "chunk_bytes": working_set}
 
@@ -171,13 +180,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dims", type=int, nargs="+", default=[2, 64, 3072])
+    p.add_argument("--fields", nargs="+", default=["poisson", "ve"], choices=sorted(FIELDS),
+                   help="kernels of the throughput table (ve: Gaussian, the attention path)")
     p.add_argument("--points", type=int, nargs="+", default=[1000, 10000, 50000])
     p.add_argument("--queries", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--topk-points", type=int, default=50000,
                    help="points of the truncation study (0: skip it)")
     p.add_argument("--topk", type=int, nargs="+", default=[1000, 100, 10])
-    p.add_argument("--one", type=int, nargs=2, metavar=("D", "M"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=3, metavar=("FIELD", "D", "M"), help=argparse.SUPPRESS)
     p.add_argument("--demo", nargs="*", metavar="OVERRIDE",
                    help="run the README demo (sample.py overrides may follow) and print its "
                         "time and sw; torch's default threads")
@@ -191,24 +202,26 @@ def main(argv=None) -> None:
         return
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], args.queries, args.repeats)))
+        print(json.dumps(one(int(args.one[1]), int(args.one[2]), args.queries, args.repeats,
+                             args.one[0])))
         return
     print(f"exact field throughput, torch {torch.__version__}, {args.threads} thread(s), "
-          f"N = {args.queries} queries, Poisson field at t = 1")
-    print(f"{'d':>5} {'M':>6} {'path':>7} {'dtype':>8} {'CPU-s/call':>10} {'qpd/s':>9} "
-          f"{'mm qpd/s':>9} {'vs mm':>6} {'peak MB':>8} {'data MB':>8} {'chunk MB':>8}")
-    for dim in args.dims:
-        for points in args.points:
+          f"N = {args.queries} queries, t = 1")
+    print(f"{'field':>8} {'d':>5} {'M':>6} {'path':>9} {'dtype':>8} {'CPU-s/call':>10} "
+          f"{'qpd/s':>9} {'mm qpd/s':>9} {'vs mm':>6} {'peak MB':>8} {'data MB':>8} "
+          f"{'chunk MB':>8}")
+    for name, dim, points in [(f, d, m) for f in args.fields for d in args.dims
+                              for m in args.points]:
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", str(dim), str(points), "--threads",
+                [sys.executable, __file__, "--one", name, str(dim), str(points), "--threads",
                  str(args.threads), "--queries", str(args.queries), "--repeats",
                  str(args.repeats)], capture_output=True, text=True)
             if proc.returncode != 0:
-                print(f"{dim:>5} {points:>6} failed: {proc.stderr.strip()[-300:]}")
+                print(f"{name:>8} {dim:>5} {points:>6} failed: {proc.stderr.strip()[-300:]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             mb = 2**20
-            print(f"{r['d']:>5} {r['M']:>6} {r['path']:>7} {r['dtype']:>8} "
+            print(f"{r['field']:>8} {r['d']:>5} {r['M']:>6} {r['path']:>9} {r['dtype']:>8} "
                   f"{r['seconds']:>10.3f} {r['rate']:>9.2e} {r['mm_rate']:>9.2e} "
                   f"{r['rate'] / r['mm_rate']:>6.0%} {r['peak_bytes'] / mb:>8.1f} "
                   f"{r['data_bytes'] / mb:>8.1f} {r['chunk_bytes'] / mb:>8.1f}", flush=True)

@@ -133,15 +133,20 @@ class NoiseLaw:
         its matrix product (the factor costs no pass over the ``(N, M)`` chunk there)."""
         return None
 
-    def scaled_log_prob_shift_(self, kdelta: Tensor, base: Tensor, dim: int):
+    def shift_offset(self, dim: int, dtype: torch.dtype) -> float:
+        """A constant ``c`` that :meth:`scaled_log_prob_shift_` wants added: it takes ``c +
+        k·delta`` (a caller may fold ``c`` into its matrix product). Default 0."""
+        return 0.0
+
+    def scaled_log_prob_shift_(self, z: Tensor, base: Tensor, dim: int):
         """In place, the exact field's logits in as few passes as the law allows: ``(ell,
         scale)`` with ``scale · ell = log q(base + delta) − log q(base) + c`` (``c`` constant
-        along a row), given ``kdelta = k · delta`` ``(N, M)`` with ``k`` from
+        along a row), given ``z = shift_offset + k · delta`` ``(N, M)`` with ``k`` from
         :meth:`shift_row_factor` and ``base`` ``(N, 1)``. ``scale`` is ``None`` (``ell`` is the
         logit itself) or a negative Python number with ``ell`` increasing in ``delta``, so that
         a row's largest logit is ``scale · min(ell)`` (the softmax folds the product into its
-        shift pass). Overwrites ``kdelta``. Default: :meth:`log_prob_sqnorm_shift`."""
-        return self.log_prob_sqnorm_shift(kdelta, base, dim, inplace=True), None
+        shift pass). Overwrites ``z``. Default: :meth:`log_prob_sqnorm_shift`."""
+        return self.log_prob_sqnorm_shift(z, base, dim, inplace=True), None
 
     def scaled_log_prob_(self, sqnorm: Tensor, inv_var: Tensor, dim: int):
         """In place, for the exact field's ``(N, M)`` chunks: ``(ell, scale)`` with
@@ -199,9 +204,9 @@ class GaussianNoise(NoiseLaw):
         # −||eps||²/2 + const: ell = sqnorm itself, no pass over the chunk
         return sqnorm, self.delta_slope * inv_var
 
-    def scaled_log_prob_shift_(self, kdelta, base, dim):
+    def scaled_log_prob_shift_(self, z, base, dim):
         # −(base + delta)/2: ell = delta itself, no pass over the chunk
-        return kdelta, self.delta_slope
+        return z, self.delta_slope
 
     def describe(self):
         return "N(0, I)"
@@ -269,16 +274,23 @@ class StudentTNoise(NoiseLaw):
     def shift_row_factor(self, base):
         return 1.0 / (base + self.dof)
 
-    def scaled_log_prob_shift_(self, kdelta, base, dim):
-        # ell = log(1 + delta/(ν + base)) from kdelta = delta/(ν + base) (the division made in
-        # the caller's matrix product), kept above log(ν/(ν + base)) (base + delta >= 0 up to
-        # rounding); scale −(ν+d)/2. Three light passes where log(1 + r) suffices, else two
-        # (log1p: precise where r is small, the large-d case in float32; see log1p_fast_)
+    def _log_suffices(self, dim: int, dtype: torch.dtype) -> bool:
+        """``log(1 + r)`` is within 1e-5 nats of ``log1p(r)`` after the factor (ν+d)/2
+        (:func:`log1p_fast_`)."""
+        return 0.5 * (self.dof + dim) * torch.finfo(dtype).eps <= 1e-5
+
+    def shift_offset(self, dim, dtype):
+        return 1.0 if self._log_suffices(dim, dtype) else 0.0
+
+    def scaled_log_prob_shift_(self, z, base, dim):
+        # ell = log(1 + r), r = delta/(ν + base) (the division made in the caller's matrix
+        # product), kept at 1 + r >= ν/(ν + base) (base + delta >= 0 up to rounding); scale
+        # −(ν+d)/2. Given z = 1 + r (the 1 folded in by the caller): two light passes; else
+        # z = r and log1p (precise where r is small: the large-d case in float32)
         p = 0.5 * (self.dof + dim)
-        lowest = base / (base + self.dof)  # −lowest <= r, i.e. 1 + r >= ν/(ν + base)
-        if p * torch.finfo(kdelta.dtype).eps <= 1e-5:
-            return kdelta.clamp_(min=lowest.neg()).add_(1.0).log_(), -p
-        return kdelta.clamp_(min=lowest.neg()).log1p_(), -p
+        if self._log_suffices(dim, z.dtype):
+            return z.clamp_(min=self.dof / (base + self.dof)).log_(), -p
+        return z.clamp_(min=(base / (base + self.dof)).neg()).log1p_(), -p
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1
