@@ -111,8 +111,8 @@ class StreamingSoftmax:
             w = logits.sub_(shift[:, None])
         elif isinstance(scale, float):  # one pass: −shift + scale·logits
             w = torch.add(shift[:, None].neg(), logits, alpha=scale, out=logits)
-        else:
-            w = torch.addcmul(shift[:, None].neg(), logits, scale, out=logits)
+        else:  # two passes with a (n, 1) factor: cheaper than one addcmul (measured)
+            w = logits.mul_(scale).sub_(shift[:, None])
         w = w.clamp_min_(self.floor).exp_()
         self.denom.mul_(rescale).add_(w.sum(dim=1))
         if self.acc is not None:
