@@ -321,7 +321,7 @@ class AffineField(Field):
         log-density ratio directly (:class:`~unified_ode.physics.posterior.IsotropicLogits`).
         A subclass that overrides :meth:`pairwise_kernel_log_prob`, or non-isotropic noise,
         uses that instead."""
-        if not self._isotropic_kernel():
+        if not self.has_isotropic_kernel():
             return self.pairwise_kernel_log_prob(x, y, t)
         ell, scale = self.posterior_logit_chunks(x, t)(y, y_sqnorm)
         return ell if scale is None else ell.mul_(scale)
@@ -330,13 +330,16 @@ class AffineField(Field):
         """As :meth:`Field.posterior_logit_chunks`; for isotropic noise an
         :class:`~unified_ode.physics.posterior.IsotropicLogits` (the queries scaled once, per
         data chunk one matrix product, a rank-one update and the law's few in-place passes)."""
-        if not self._isotropic_kernel():
+        if not self.has_isotropic_kernel():
             return super().posterior_logit_chunks(x, t)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         return IsotropicLogits(self.noise, x.flatten(1), self.a(t), self.s(t))
 
-    def _isotropic_kernel(self) -> bool:
-        """Isotropic noise and this class's own pairwise kernel (not a subclass's)."""
+    def has_isotropic_kernel(self) -> bool:
+        """Isotropic noise and this class's pairwise kernel (a subclass that overrides
+        :meth:`pairwise_kernel_log_prob` says where it is still this one): the posterior
+        logits are a function of ``||x − a y||²`` alone (matrix-product distances, the exact
+        field's fast paths)."""
         return (self.noise.isotropic and type(self).pairwise_kernel_log_prob
                 is AffineField.pairwise_kernel_log_prob)
 

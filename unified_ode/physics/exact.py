@@ -182,10 +182,8 @@ class ExactPosterior(nn.Module):
         self.parametrisation = parametrisation
         self.dim = int(math.prod(data.shape[1:]))
         #: direct-difference path (see :data:`DIRECT_MAX_DIM`)
-        self.direct = (isinstance(field, AffineField) and field.noise.isotropic
-                       and self.dim <= DIRECT_MAX_DIM
-                       and type(field).pairwise_kernel_log_prob
-                       is AffineField.pairwise_kernel_log_prob)
+        self.direct = (isinstance(field, AffineField) and field.has_isotropic_kernel()
+                       and self.dim <= DIRECT_MAX_DIM)
         self.unit_a = isinstance(field, AffineField) and type(field).a is AffineField.a
         self.dtype = resolve_dtype(dtype, self.dim, self.direct, self.unit_a, data.dtype)
         self.register_buffer("data", data.detach().to(self.dtype).contiguous(),
