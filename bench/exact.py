@@ -5,18 +5,18 @@
     python bench/exact.py --demo                          # the README demo's time and sw
 
 **Throughput.** For each ``d`` in ``--dims`` and ``M`` in ``--points`` a fresh process builds
-``M`` float32 points (uniform in ``[-1, 1]^d``), runs one warm-up call and then
-``--repeats`` calls of the default exact field (``network=exact``: dtype auto, default
-chunks) of each of ``--fields`` (Poisson; VE, whose Gaussian kernel takes the fused attention
-path up to 128 dims) on ``--queries`` states at ``t = 1``, and times ``torch.mm`` over the same chunks
+``M`` float32 points (uniform in ``[-1, 1]^d``), runs one warm-up call and then ``--repeats``
+calls of the default exact field (``network=exact``: dtype auto, default chunks) of each of
+``--fields`` (Poisson; VE, whose Gaussian kernel takes the fused attention path up to 128 dims)
+on ``--queries`` states at ``t = 1``, and times ``torch.mm`` over the same chunks
 (``(query_chunk × d) @ (d × data_chunk)`` for every pair of chunks: one pass of ``N·M·d``
 multiply-adds) in the same process. Rates are query·point·dim per CPU second (best of the
 repeats). The exact field needs two such passes for ``d`` above the direct-path limit (the
 distances and the weighted sum), so 50 % of the matmul rate is the ideal there; at ``d = 2``
 the direct path does not multiply matrices at all. Peak memory: the process's peak resident
-size minus its size just before the data were made, against the data's own size (one copy)
-and the working set of one query chunk (logits, and the differences on the direct path or the
-query-sized arrays on the matrix-product path).
+size minus its size just before the data were made, against the data's own size (one copy) and
+the working set of one query chunk (the logits buffer, and the differences on the direct path,
+or the query-sized arrays and augmented data rows on the matrix-product path).
 
 **Truncation.** ``--topk-points`` float32 points in 3,072 dims near a 16-dimensional manifold
 (close neighbours, as real images have), ``--queries`` states from the kernel around data
@@ -98,14 +98,20 @@ def one(dim: int, points: int, queries: int, repeats: int, field_name: str = "po
     work = queries * points * dim
     # one query chunk's working set: the logits buffer (reused by every data chunk) plus, on
     # the direct path, the differences (qc x d x dc); on the matrix-product path the (qc x d)
-    # queries, their scaled copy, the accumulator and the output
+    # queries, their scaled copy, the accumulator and the output, and for d + 2 <= qc the
+    # augmented data rows (dc x (d + 2)); the attention path: the query-sized arrays only
     elt = model.data.element_size()
-    working_set = qc * dc * elt * (1 + model.dim) if model.direct else (
-        qc * dc * elt + 4 * min(qc, queries) * dim * elt)
+    qn, cap = min(qc, queries), min(dc, points)
     path = "direct" if model.direct else "matmul"
     if not model.direct and model.attention and field.noise.delta_slope is not None \
             and dim <= ATTENTION_MAX_DIM:
         path = "attention"
+    if path == "direct":
+        working_set = qn * cap * elt * (1 + dim)
+    elif path == "attention":
+        working_set = 4 * qn * dim * elt
+    else:
+        working_set = (qn * cap + 4 * qn * dim + (cap * (dim + 2) if dim + 2 <= qn else 0)) * elt
     return {"field": field_name, "d": dim, "M": points, "N": queries,
             "dtype": str(model.dtype).split(".")[-1], "path": path, "seconds": best,
             "rate": work / best, "mm_rate": work / mm_best, "peak_bytes": peak,
