@@ -8,10 +8,16 @@ lands on the data points: it is the ground truth for kernels, priors and solvers
 Cost and memory. Queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
 time with an online log-sum-exp (:class:`~unified_ode.physics.posterior.StreamingSoftmax`).
 For isotropic affine fields the logits come from squared distances by one matrix product
-(``||x||² − 2x·y + ||y||²``) and the posterior mean by a second, so a call costs about two
-``N × M × d`` matrix products; memory is the data (one copy, in the compute dtype) plus
-``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
-average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
+(``||x||² − 2x·y + ||y||²``, the query side prepared once per query chunk:
+:class:`~unified_ode.physics.posterior.IsotropicLogits`; for small ``d`` on data rows
+augmented with ``[1 | ||y||²]``) and the posterior mean by a second, so a call costs about two
+``N × M × d`` matrix products plus a few light passes over the logits; memory is the data (one
+copy, in the compute dtype) plus ``query_chunk × data_chunk`` logits (the data chunk from
+``d`` and the L2 cache: :func:`auto_data_chunk`). Gaussian kernels in at most
+:data:`~unified_ode.physics.posterior.ATTENTION_MAX_DIM` dimensions use one fused attention
+call per query chunk instead (``attention``). Non-affine fields (the velocity is not linear
+in ``y``) average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET`
+values.
 
 Threads. On the CPU whole query chunks go to ``threads`` worker threads (one core each) while
 torch runs single-threaded: per-operation intra-op threads wait at a barrier after every
