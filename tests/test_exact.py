@@ -248,9 +248,10 @@ def test_threads_split_query_chunks_with_the_same_result():
         # fewer queries than threads x query_chunk: smaller chunks, the same field
         few = ExactPosterior(field, data, threads=2)(x[:5], t[:5])
         torch.testing.assert_close(few, one[:5], rtol=1e-6, atol=0)
-    # the matrix-product path (40 dims) and the non-affine velocity average
+    # the matrix-product path (40 dims), the attention path and the non-affine velocity average
     g = torch.Generator().manual_seed(8)
     for field, pts in ((PoissonField(), torch.rand(500, 40, generator=g)),
+                       (VEField(), torch.rand(500, 40, generator=g)),
                        (RadialGeneralField(), data[:300])):
         xs = torch.randn(40, pts.shape[1], generator=g)
         one = ExactPosterior(field, pts, query_chunk=8, threads=1).posterior_velocity(xs, t[:40])
