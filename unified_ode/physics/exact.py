@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from unified_ode.physics.base import AffineField, Field
 from unified_ode.physics.posterior import IsotropicLogits, StreamingSoftmax, floor_weight
+from unified_ode.physics.smoothed import check_smoothing, smoothed_mean, smoothed_scale
 
 #: Up to this many dimensions, isotropic affine fields take the direct-difference path: the
 #: differences ``x − a y`` per coordinate (as cheap as a matrix product of inner size ``d``),
@@ -165,12 +166,16 @@ class ExactPosterior(nn.Module):
         matrix-product path: the posterior mean of a query chunk as one fused attention call
         (:meth:`~unified_ode.physics.posterior.IsotropicLogits.attention_mean`) instead of the
         streaming loop (``False``: always the loop). Same numbers up to float rounding.
+    smoothing:
+        ``h > 0``: the smoothed closed-form field, the exact field of the data convolved with
+        ``N(0, h² I)`` (Gaussian kernels only; :mod:`unified_ode.physics.smoothed`); 0: the
+        exact field of the points.
     """
 
     def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
                  query_chunk: int = 256, data_chunk: int | None = None, dtype="auto",
                  top_k: int | None = None, progress: bool | None = None,
-                 threads: int | None = None, attention: bool = True):
+                 threads: int | None = None, attention: bool = True, smoothing: float = 0.0):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
@@ -207,6 +212,7 @@ class ExactPosterior(nn.Module):
         self.progress = progress
         self.threads = None if threads is None else int(threads)
         self.attention = bool(attention)
+        self.smoothing = check_smoothing(field, smoothing)
         self._radius = None
         self._data_mean = None
         #: ``||y_j||²`` ``(M,)`` of the data, for the matrix-product distances (computed once:
@@ -275,7 +281,8 @@ class ExactPosterior(nn.Module):
     def describe(self) -> dict:
         """Facts for ``sample_info.json``: sizes, dtype, truncation and its measured bound."""
         out = {"points": int(self.data.shape[0]), "dim": self.dim,
-               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k}
+               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k,
+               "smoothing": self.smoothing}
         if self.top_k is not None:
             out["max_neglected_mass_bound"] = self.neglected_mass_bound()
             out["mean_error_bound"] = self.mean_error_bound()
@@ -286,16 +293,22 @@ class ExactPosterior(nn.Module):
         """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype (float64 on the direct
         path, where it is formed from the accurate residual ``E[x − a y]``)."""
         out = self._stream(x, t, velocity=False)
+        wide = torch.float64 if self.direct else torch.promote_types(x.dtype, self.dtype)
+        tw = torch.as_tensor(t, dtype=wide, device=x.device).expand(x.shape[0])
+        a = (self.field.a(tw).view(-1, *([1] * (x.ndim - 1)))
+             if isinstance(self.field, AffineField) else None)
         if not self.direct:
-            return out.to(torch.promote_types(x.dtype, self.dtype))
-        # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
-        x64 = x.detach().to(torch.float64)
-        a = self.field.a(torch.as_tensor(t, dtype=torch.float64, device=x.device)
-                         .expand(x.shape[0])).view(-1, *([1] * (x.ndim - 1)))
-        if self._data_mean is None:
-            self._data_mean = self.data.mean(0, dtype=torch.float64)
-        safe = torch.where(a != 0, a, torch.ones_like(a))
-        return torch.where(a != 0, (x64 - out.to(torch.float64)) / safe, self._data_mean)
+            mean = out.to(wide)
+        else:  # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
+            if self._data_mean is None:
+                self._data_mean = self.data.mean(0, dtype=torch.float64)
+            safe = torch.where(a != 0, a, torch.ones_like(a))
+            mean = torch.where(a != 0, (x.detach().to(wide) - out.to(wide)) / safe,
+                               self._data_mean)
+        if self.smoothing:  # the KDE's posterior mean from the points' (smoothed.py)
+            s = self.field.s(tw).view_as(a)
+            mean = smoothed_mean(x.detach().to(wide), a, s, mean, self.smoothing)
+        return mean
 
     def _stream(self, x: Tensor, t: Tensor, *, velocity: bool) -> Tensor:
         n = x.shape[0]
@@ -362,7 +375,7 @@ class ExactPosterior(nn.Module):
         width = 0 if self.top_k is not None else self.dim
         acc = StreamingSoftmax(n, width, top_k=self.top_k, dtype=self.dtype, device=x.device)
         if self.direct:
-            a, s = self.field.a(t), self.field.s(t)
+            a, s = self._kernel_scales(t)
             xf = x.flatten(1)
             inv_var = (1.0 / s**2)[:, None]
             # one buffer each for the differences and the logits, reused by every data chunk
@@ -370,7 +383,8 @@ class ExactPosterior(nn.Module):
             diff_buf = torch.empty(n * self.dim * cap, dtype=self.dtype, device=x.device)
             sq_buf = torch.empty(n * cap, dtype=self.dtype, device=x.device)
         else:  # the queries' side of the logits once, one logits buffer for every data chunk
-            logits_of = self.field.posterior_logit_chunks(x, t)
+            logits_of = (IsotropicLogits(self.field.noise, x.flatten(1), *self._kernel_scales(t))
+                         if self.smoothing else self.field.posterior_logit_chunks(x, t))
             if (self.attention and width and not velocity
                     and isinstance(logits_of, IsotropicLogits)):
                 mean = logits_of.attention_mean(flat, self._sqnorm)
@@ -434,6 +448,11 @@ class ExactPosterior(nn.Module):
             else:
                 out += torch.einsum("nk,nkd->nd", wc, y.flatten(2))
         return out.view_as(x), acc.has_mass(), acc.neglected_mass()
+
+    def _kernel_scales(self, t: Tensor):
+        """``a(t)``, and ``s(t)`` or with :attr:`smoothing` the KDE's wider scale."""
+        a, s = self.field.a(t), self.field.s(t)
+        return a, (smoothed_scale(a, s, self.smoothing) if self.smoothing else s)
 
     def _differences(self, x: Tensor, yt: Tensor, a: Tensor, out: Tensor) -> Tensor:
         """``x_ik − a_i y_jk`` into ``out`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data
