@@ -3,6 +3,7 @@
     python bench/exact.py --threads 1                     # the table of docs/exact.md (~5 min)
     python bench/exact.py --threads 1 --dims 64 --points 10000 --topk-points 0
     python bench/exact.py --demo                          # the README demo's time and sw
+    python bench/exact.py --smoothing 0 0.02 0.05 0.1 0.2  # the smoothed closed-form field
 
 **Throughput.** For each ``d`` in ``--dims`` and ``M`` in ``--points`` a fresh process builds
 ``M`` float32 points (uniform in ``[-1, 1]^d``), runs one warm-up call and then ``--repeats``
@@ -30,6 +31,12 @@ overrides, e.g. ``--demo solver=heun``), into a temporary directory with torch's
 threads, and prints the command's wall and CPU time, the sampling time ``sample.py``
 reports, and the sliced Wasserstein distance (sw) of the samples to the held-out points
 beside that of as many training points (what a perfect sampler of the exact field gives).
+
+**Smoothing.** ``--smoothing H [H ...]`` runs ``python sample.py physics=ve dataset=toy2d
+network=exact solver=lms network.smoothing=H`` for each ``H`` (the smoothed closed-form field,
+:mod:`unified_ode.physics.smoothed`) and prints sw to the held-out points and the median
+distance of a sample to its nearest training point, beside the held-out points' own (the exact
+field of the points reproduces them: distance near 0).
 
 Timings depend on the machine's load: run it on a quiet machine (``--threads 1`` pins torch
 to one thread).
@@ -152,16 +159,30 @@ def truncation(points: int, queries: int, ks: list[int]) -> list[dict]:
 DEMO = ["physics=poisson", "dataset=toy2d", "network=exact", "solver=lms"]
 
 
-def demo(overrides: list[str]) -> dict:
-    """Run ``sample.py`` with :data:`DEMO` and ``overrides`` in a fresh process (its progress
-    bar on this stderr); returns times and sample quality."""
+#: The smoothed closed-form field's comparison (``--smoothing``): VE on toy2d, else the demo.
+SMOOTH_DEMO = ["physics=ve", "dataset=toy2d", "network=exact", "solver=lms"]
+
+
+def nearest_distances(a: torch.Tensor, b: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """Distance of each row of ``a`` ``(n, d)`` to its nearest row of ``b`` ``(m, d)``
+    ``(n,)``, float64, ``rows`` rows of ``a`` at a time (memory ``rows × m``)."""
+    b = b.double()
+    return torch.cat([torch.cdist(a[i:i + rows].double(), b).min(dim=1).values
+                      for i in range(0, a.shape[0], rows)])
+
+
+def demo(overrides: list[str], base: list[str] = DEMO) -> dict:
+    """Run ``sample.py`` with ``base`` (:data:`DEMO`) and ``overrides`` in a fresh process
+    (its progress bar on this stderr); returns times and sample quality: sw to the held-out
+    points, and the median distance of a sample to its nearest training point (``nn``; 0 for
+    a sampler that reproduces training points) beside that of the held-out points."""
     import numpy as np
 
     from unified_ode.data.toy2d import Toy2DDataModule
     from unified_ode.metrics.points import sliced_wasserstein
 
     with tempfile.TemporaryDirectory(prefix="exact_demo_") as tmp:
-        cmd = [sys.executable, "sample.py", *DEMO, *overrides, f"out_dir={tmp}/out"]
+        cmd = [sys.executable, "sample.py", *base, *overrides, f"out_dir={tmp}/out"]
         print("$ " + " ".join(["python", *cmd[1:-1]]), flush=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -174,8 +195,11 @@ def demo(overrides: list[str]) -> dict:
         samples = torch.from_numpy(np.load(Path(tmp, "out", "samples.npz"))["samples"])
     dm = Toy2DDataModule()  # the demo's data set (dataset.* overrides: sw is not theirs)
     held = dm.heldout()
-    train = dm.train_tensor()[: samples.shape[0]]
-    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime)
+    everything = dm.train_tensor()
+    train = everything[: samples.shape[0]]
+    return {"nn": float(nearest_distances(samples, everything).median()),
+            "nn_heldout": float(nearest_distances(held[: samples.shape[0]], everything).median()),
+            "wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime)
             + (after.ru_stime - before.ru_stime), "sampling_s": info["wall_seconds"],
             "nfe": info["nfe_per_batch"][0], "n": samples.shape[0],
             "sw": sliced_wasserstein(samples, held), "sw_train": sliced_wasserstein(train, held),
@@ -198,7 +222,18 @@ def main(argv=None) -> None:
     p.add_argument("--demo", nargs="*", metavar="OVERRIDE",
                    help="run the README demo (sample.py overrides may follow) and print its "
                         "time and sw; torch's default threads")
+    p.add_argument("--smoothing", type=float, nargs="+", metavar="H",
+                   help="the smoothed closed-form field (network.smoothing=H) on VE toy2d: "
+                        "sw and nearest-training-point distance for each H")
     args = p.parse_args(argv)
+    if args.smoothing:
+        for h in args.smoothing:
+            r = demo([f"network.smoothing={h}"], base=SMOOTH_DEMO)
+            print(f"smoothing {h:g}: sw to held-out {r['sw']:.4f} (training points: "
+                  f"{r['sw_train']:.4f}); median distance to the nearest training point "
+                  f"{r['nn']:.2e} (held-out points: {r['nn_heldout']:.2e}); "
+                  f"{r['cpu_s']:.1f} CPU-s", flush=True)
+        return
     if args.demo is not None:
         r = demo(args.demo)
         print(f"demo: {r['wall_s']:.1f} s wall ({r['cpu_s']:.1f} CPU-s) for the command, "
