@@ -76,7 +76,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: × data_chunk`` values.
 DIRECT_DATA_CHUNK = 2048
 #: Bounds of the matrix-product path's data chunk (``data_chunk=None``, :func:`auto_data_chunk`).
-MIN_DATA_CHUNK, MAX_DATA_CHUNK = 1024, 8192
+MIN_DATA_CHUNK, MAX_DATA_CHUNK = 4096, 8192
 
 
 def cache_bytes() -> int:
@@ -95,8 +95,9 @@ def auto_data_chunk(dim: int, element_size: int) -> int:
     (:func:`cache_bytes`), so that the second read of a chunk (the weighted sum after the
     distances) hits the cache, within [:data:`MIN_DATA_CHUNK`, :data:`MAX_DATA_CHUNK`]: fewer
     rows make torch's per-operation overhead count, more make the logits buffer
-    (``query_chunk × data_chunk``) large. Measured (docs/exact.md): at d = 64, 8,192 rows
-    (2 MB) were 10 % faster than 2,048; at d = 3,072, 1,024–2,048 rows beat 4,096–8,192."""
+    (``query_chunk × data_chunk``) large. Measured (docs/exact.md, ``python
+    bench/exact_passes.py chunks``): at d = 64, 8,192 rows (2 MB) 5–12 % faster than 2,048; at
+    d = 3,072, 4,096 rows 5–7 % faster than 1,024 on a quiet machine (8 % slower under load)."""
     rows = cache_bytes() // max(1, dim * element_size)
     return int(min(MAX_DATA_CHUNK, max(MIN_DATA_CHUNK, rows)))
 
