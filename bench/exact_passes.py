@@ -4,7 +4,9 @@
     python bench/exact_passes.py chunks      # data chunk rows vs speed (Poisson, d = 64 and 3,072)
     python bench/exact_passes.py attention   # fused attention vs the streaming loop (VE) by d
     python bench/exact_passes.py augment     # augmented data rows on/off, alternating (d = 64)
-    python bench/exact_passes.py compile     # torch.compile of the chunk update (gcc; slow)
+    python bench/exact_passes.py widths      # the two products at widths 64, 65, 66
+    python bench/exact_passes.py compile     # torch.compile of the chunk update (gcc; slow;
+                                             # TORCHINDUCTOR_CACHE_DIR=<new dir> for a cold cache)
 
 Everything single-threaded, timed as CPU time of this process (``time.process_time``), best
 of a few repeats: robust to other processes' load, not to the caches they share. Figures are
@@ -161,6 +163,24 @@ def augment() -> None:
               + " ".join(f"{v:.2f}" for v in sorted(values)) + " CPU-ns per pair")
 
 
+def widths() -> None:
+    """The weighted sum's product ``acc += w @ y`` (256 × 8,192 weights) for values of width
+    64 and 65 (a normaliser column of ones would add the 65th), and the distances' product
+    for inner size 64 and 66 (the augmented rows)."""
+    n, m = 256, 8192
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(n, m, generator=g)
+    out = torch.empty(n, m)
+    for width in (64, 65, 66):
+        y = torch.rand(m, width, generator=g)
+        x = torch.randn(n, width, generator=g)
+        acc = torch.zeros(n, width)
+        ws = best_cpu(lambda acc=acc, y=y: acc.addmm_(w, y), repeats=5, inner=10)
+        mm = best_cpu(lambda x=x, y=y: torch.mm(x, y.T, out=out), repeats=5, inner=10)
+        print(f"width {width}: weighted sum {ws * 1e9 / (n * m):.3f}, distances "
+              f"{mm * 1e9 / (n * m):.3f} CPU-ns per pair", flush=True)
+
+
 def compile_() -> None:
     """The Student-t chunk update (distances to weighted sum) eager and under torch.compile
     (d = 64, 256 x 50,000, data chunks of 2,048), and the compile time (wall and this
@@ -190,7 +210,8 @@ def compile_() -> None:
         return state[2] / state[1][:, None]
 
     eager = best_cpu(lambda: run(step)) * 1e9 / (n * points)
-    print(f"eager: {eager:.2f} CPU-ns per pair", flush=True)
+    print(f"this function eager: {eager:.2f} CPU-ns per pair; the exact field's loop "
+          f"(ExactPosterior, default chunks): {_poisson_call(dim, points):.2f}", flush=True)
     for dynamic in (False, True):
         torch.compiler.reset()
         start, wall = time.process_time(), time.perf_counter()
@@ -203,7 +224,7 @@ def compile_() -> None:
 
 
 SECTIONS = {"passes": passes, "chunks": chunks, "attention": attention, "augment": augment,
-            "compile": compile_}
+            "widths": widths, "compile": compile_}
 
 
 def main(argv=None) -> None:

@@ -28,8 +28,8 @@ from torch import Tensor
 
 #: Up to this many dimensions the posterior mean of a Gaussian kernel on the CPU is one fused
 #: attention call (:meth:`IsotropicLogits.attention_mean`); above it the two matrix products
-#: of the streaming loop are faster (measured, docs/exact.md: 1.3x faster at d = 64, 0.8x at
-#: d = 1,024).
+#: of the streaming loop are faster (``python bench/exact_passes.py attention``, docs/exact.md:
+#: 1.2x faster at d = 64, 0.9x at d = 256, 0.7x at d = 1,024).
 ATTENTION_MAX_DIM = 128
 
 
@@ -219,15 +219,16 @@ class IsotropicLogits:
     def worth_augmenting(self) -> bool:
         """Whether augmented rows pay: copying a data chunk ``(m, d + 2)`` per query chunk
         costs ``(d + 2) / n`` of a pass over the ``(n, m)`` logits and saves one or two (the
-        rank-one update, the offset); the product's inner size grows by 2 (at d = 64: 2 %,
-        measured)."""
+        rank-one update, the offset); the product's inner size grows by 2 (at d = 64: 5 %,
+        ``python bench/exact_passes.py widths``)."""
         return self.dim + 2 <= self.left.shape[0]
 
     @staticmethod
     def augment(y: Tensor, y_sqnorm: Tensor, out: Tensor) -> Tensor:
         """Rows ``[y_j | 1 | ||y_j||²]`` ``(m, d + 2)`` into ``out`` (a reused buffer). (The
         ones are not reused as a normaliser column of the weighted sum: an output width of
-        65 instead of 64 made that product 30 % slower than a row sum, measured.)"""
+        65 instead of 64 made that product 20 % slower, more than the row sum it would save;
+        ``python bench/exact_passes.py widths``.)"""
         d = y.shape[1]
         out[:, :d] = y
         out[:, d] = 1.0
