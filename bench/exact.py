@@ -32,11 +32,12 @@ threads, and prints the command's wall and CPU time, the sampling time ``sample.
 reports, and the sliced Wasserstein distance (sw) of the samples to the held-out points
 beside that of as many training points (what a perfect sampler of the exact field gives).
 
-**Smoothing.** ``--smoothing H [H ...]`` runs ``python sample.py physics=ve dataset=toy2d
-network=exact solver=lms network.smoothing=H`` for each ``H`` (the smoothed closed-form field,
-:mod:`unified_ode.physics.smoothed`) and prints sw to the held-out points and the median
-distance of a sample to its nearest training point, beside the held-out points' own (the exact
-field of the points reproduces them: distance near 0).
+**Smoothing.** ``--smoothing H [H ...]`` runs ``python sample.py physics=ve network=exact
+solver=lms dataset=<--smoothing-data> network.smoothing=H`` for each ``H`` (the smoothed
+closed-form field, :mod:`unified_ode.physics.smoothed`; toy2d or digits, whose images count as
+64-d points) and prints sw to the held-out points and the median distance of a sample to its
+nearest training point, beside the held-out points' own (the exact field of the points
+reproduces them: distance near 0).
 
 Timings depend on the machine's load: run it on a quiet machine (``--threads 1`` pins torch
 to one thread).
@@ -159,8 +160,9 @@ def truncation(points: int, queries: int, ks: list[int]) -> list[dict]:
 DEMO = ["physics=poisson", "dataset=toy2d", "network=exact", "solver=lms"]
 
 
-#: The smoothed closed-form field's comparison (``--smoothing``): VE on toy2d, else the demo.
-SMOOTH_DEMO = ["physics=ve", "dataset=toy2d", "network=exact", "solver=lms"]
+#: The smoothed closed-form field's comparison (``--smoothing``): VE, else the demo's
+#: settings, on ``dataset=<--smoothing-data>``.
+SMOOTH_DEMO = ["physics=ve", "network=exact", "solver=lms"]
 
 
 def nearest_distances(a: torch.Tensor, b: torch.Tensor, rows: int = 256) -> torch.Tensor:
@@ -171,14 +173,27 @@ def nearest_distances(a: torch.Tensor, b: torch.Tensor, rows: int = 256) -> torc
                       for i in range(0, a.shape[0], rows)])
 
 
-def demo(overrides: list[str], base: list[str] = DEMO) -> dict:
+def data_module(name: str):
+    """The data module of ``dataset=<name>`` at its defaults (toy2d or digits)."""
+    if name == "toy2d":
+        from unified_ode.data.toy2d import Toy2DDataModule
+
+        return Toy2DDataModule()
+    if name == "digits":
+        from unified_ode.data.images import DigitsDataModule
+
+        return DigitsDataModule()
+    raise ValueError(f"--smoothing-data {name!r}: choose toy2d or digits")
+
+
+def demo(overrides: list[str], base: list[str] = DEMO, data: str = "toy2d") -> dict:
     """Run ``sample.py`` with ``base`` (:data:`DEMO`) and ``overrides`` in a fresh process
     (its progress bar on this stderr); returns times and sample quality: sw to the held-out
     points, and the median distance of a sample to its nearest training point (``nn``; 0 for
-    a sampler that reproduces training points) beside that of the held-out points."""
+    a sampler that reproduces training points) beside that of the held-out points.
+    ``data``: the data set the runs use (``base`` must name the same ``dataset=``)."""
     import numpy as np
 
-    from unified_ode.data.toy2d import Toy2DDataModule
     from unified_ode.metrics.points import sliced_wasserstein
 
     with tempfile.TemporaryDirectory(prefix="exact_demo_") as tmp:
@@ -193,9 +208,10 @@ def demo(overrides: list[str], base: list[str] = DEMO) -> dict:
             raise SystemExit(f"the demo failed (exit {proc.returncode}):\n{proc.stdout}")
         info = json.loads(Path(tmp, "out", "sample_info.json").read_text())
         samples = torch.from_numpy(np.load(Path(tmp, "out", "samples.npz"))["samples"])
-    dm = Toy2DDataModule()  # the demo's data set (dataset.* overrides: sw is not theirs)
-    held = dm.heldout()
-    everything = dm.train_tensor()
+    dm = data_module(data)  # the demo's data set (dataset.* overrides: sw is not theirs)
+    held = dm.heldout().flatten(1)
+    samples = samples.flatten(1)
+    everything = dm.train_tensor().flatten(1)
     train = everything[: samples.shape[0]]
     return {"nn": float(nearest_distances(samples, everything).median()),
             "nn_heldout": float(nearest_distances(held[: samples.shape[0]], everything).median()),
@@ -223,12 +239,14 @@ def main(argv=None) -> None:
                    help="run the README demo (sample.py overrides may follow) and print its "
                         "time and sw; torch's default threads")
     p.add_argument("--smoothing", type=float, nargs="+", metavar="H",
-                   help="the smoothed closed-form field (network.smoothing=H) on VE toy2d: "
-                        "sw and nearest-training-point distance for each H")
+                   help="the smoothed closed-form field (network.smoothing=H), VE: sw and "
+                        "nearest-training-point distance for each H")
+    p.add_argument("--smoothing-data", default="toy2d", choices=["toy2d", "digits"])
     args = p.parse_args(argv)
     if args.smoothing:
         for h in args.smoothing:
-            r = demo([f"network.smoothing={h}"], base=SMOOTH_DEMO)
+            r = demo([f"dataset={args.smoothing_data}", f"network.smoothing={h}"],
+                     base=SMOOTH_DEMO, data=args.smoothing_data)
             print(f"smoothing {h:g}: sw to held-out {r['sw']:.4f} (training points: "
                   f"{r['sw_train']:.4f}); median distance to the nearest training point "
                   f"{r['nn']:.2e} (held-out points: {r['nn_heldout']:.2e}); "
