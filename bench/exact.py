@@ -210,6 +210,8 @@ def demo(overrides: list[str], base: list[str] = DEMO, data: str = "toy2d") -> d
         samples = torch.from_numpy(np.load(Path(tmp, "out", "samples.npz"))["samples"])
     dm = data_module(data)  # the demo's data set (dataset.* overrides: sw is not theirs)
     held = dm.heldout().flatten(1)
+    if samples.dtype == torch.uint8:  # images: sample.py stores uint8 (N, H, W, C)
+        samples = samples.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     samples = samples.flatten(1)
     everything = dm.train_tensor().flatten(1)
     train = everything[: samples.shape[0]]
