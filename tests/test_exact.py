@@ -248,9 +248,10 @@ def test_threads_split_query_chunks_with_the_same_result():
         # fewer queries than threads x query_chunk: smaller chunks, the same field
         few = ExactPosterior(field, data, threads=2)(x[:5], t[:5])
         torch.testing.assert_close(few, one[:5], rtol=1e-6, atol=0)
-    # the matrix-product path (40 dims) and the non-affine velocity average
+    # the matrix-product path (40 dims), the attention path and the non-affine velocity average
     g = torch.Generator().manual_seed(8)
     for field, pts in ((PoissonField(), torch.rand(500, 40, generator=g)),
+                       (VEField(), torch.rand(500, 40, generator=g)),
                        (RadialGeneralField(), data[:300])):
         xs = torch.randn(40, pts.shape[1], generator=g)
         one = ExactPosterior(field, pts, query_chunk=8, threads=1).posterior_velocity(xs, t[:40])
@@ -258,3 +259,144 @@ def test_threads_split_query_chunks_with_the_same_result():
         assert torch.equal(one, two)
     with pytest.raises(ValueError, match="network.threads"):
         ExactPosterior(VEField(), data, threads=0)
+
+
+@pytest.mark.parametrize("name", ["poisson", "pfgmpp", "ve", "exppower"])
+def test_scaled_log_prob_shift_is_the_log_density_ratio_up_to_a_row_constant(name):
+    """``NoiseLaw.scaled_log_prob_shift_`` (given ``offset + k·delta``, ``k`` from
+    ``shift_row_factor``) returns ``(ell, scale)`` whose ``scale · ell`` differs from ``log
+    q(base + delta) − log q(base)`` by a constant along each row: the ``log`` branch (the
+    offset 1, 64 dims) and the ``log1p`` branch (offset 0, 3,072 dims, float32) of the
+    Student-t law, the Gaussian's identity and the default of other laws."""
+    from unified_ode.physics.exppower import ExpPowerField
+
+    noise = (ExpPowerField(beta=1.5) if name == "exppower" else FIELDS[name]()).noise
+    g = torch.Generator().manual_seed(9)
+    for dim, dtype in ((64, torch.float64), (3072, torch.float32)):
+        base = torch.rand(5, 1, generator=g, dtype=torch.float64) * 50 + 0.1
+        sq = torch.rand(5, 40, generator=g, dtype=torch.float64) * 80  # base + delta
+        ref = noise.log_prob_sqnorm(sq, dim) - noise.log_prob_sqnorm(base, dim)
+        k = noise.shift_row_factor(base[:, 0])
+        k = torch.ones(5, dtype=torch.float64) if k is None else k
+        offset = noise.shift_offset(dim, dtype)
+        z = (offset + k[:, None] * (sq - base)).to(dtype)
+        ell, scale = noise.scaled_log_prob_shift_(z, base.to(dtype), dim)
+        got = (ell if scale is None else scale * ell).double()
+        gap = ref - got
+        tol = 1e-9 if dtype == torch.float64 else 2e-3  # float32 logits of ~1e3 nats
+        torch.testing.assert_close(gap, gap[:, :1].expand_as(gap), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["poisson", "pfgmpp", "ve"])
+def test_augmented_rows_give_the_logits_of_plain_rows(name):
+    """``IsotropicLogits`` on augmented rows ``[y | 1 | ||y||²]`` (the rank-one update and the
+    law's offset inside the product) gives the logits of plain rows, and those are
+    ``Field.pairwise_posterior_logits`` up to a row constant (float64, 64 dims)."""
+    from unified_ode.physics.posterior import IsotropicLogits
+
+    field = FIELDS[name]()
+    g = torch.Generator().manual_seed(10)
+    y = torch.rand(300, 64, generator=g, dtype=torch.float64) * 2 - 1
+    x = torch.randn(6, 64, generator=g, dtype=torch.float64) * 2
+    t = torch.full((6,), 0.7, dtype=torch.float64)
+    logits_of = field.posterior_logit_chunks(x, t)
+    assert isinstance(logits_of, IsotropicLogits) and logits_of.worth_augmenting() is False
+    ysq = (y * y).sum(1)
+    ell, scale = logits_of(y, ysq)
+    rows = IsotropicLogits.augment(y, ysq, torch.empty(300, 66, dtype=torch.float64))
+    ell_aug, scale_aug = logits_of(rows)
+    assert scale_aug == scale
+    torch.testing.assert_close(ell_aug, ell, rtol=1e-12, atol=1e-12)
+    logits = ell if scale is None else scale * ell
+    ref = field.pairwise_kernel_log_prob(x, y, t)
+    gap = ref - logits
+    torch.testing.assert_close(gap, gap[:, :1].expand_as(gap), rtol=0, atol=1e-8)
+
+
+def test_attention_path_is_the_streaming_loop():
+    """Gaussian kernels up to ``ATTENTION_MAX_DIM`` dimensions on the CPU take the fused
+    attention call, with the drift of the streaming loop (``attention=False``) to 1e-5 at
+    t_min, 1 and t_max on digits; it is declined for a Student-t law, for queries at
+    different times and above the dimension limit."""
+    from unified_ode.physics.posterior import ATTENTION_MAX_DIM
+
+    data = _data("digits", 1797).float()
+    g = torch.Generator().manual_seed(11)
+    for name in ("ve", "vp", "linear"):
+        field = FIELDS[name]()
+        for tv in (field.t_min, 1.0 if field.t_max > 1 else 0.5, field.t_max):
+            t = torch.full((20,), tv)
+            x = field.sample_kernel(data[torch.randint(0, 1797, (20,), generator=g)], t,
+                                    generator=g)
+            logits_of = field.posterior_logit_chunks(x, t)
+            assert logits_of.attention_mean(data, (data * data).sum(1)) is not None
+            fused = ExactPosterior(field, data, query_chunk=8).posterior_velocity(x, t)
+            loop = ExactPosterior(field, data, query_chunk=8,
+                                  attention=False).posterior_velocity(x, t)
+            err = ((fused - loop).norm(dim=1) / loop.norm(dim=1)).max().item()
+            assert err <= 1e-5, (name, tv, err)
+    x = torch.randn(4, 64)
+    ysq = (data * data).sum(1)
+    assert PoissonField().posterior_logit_chunks(x, torch.full((4,), 1.0)).attention_mean(
+        data, ysq) is None
+    assert VEField().posterior_logit_chunks(x, torch.tensor([1.0, 1.0, 2.0, 1.0])) \
+        .attention_mean(data, ysq) is None
+    wide = torch.randn(10, ATTENTION_MAX_DIM + 1)
+    assert VEField().posterior_logit_chunks(wide[:2], torch.full((2,), 1.0)).attention_mean(
+        wide, (wide * wide).sum(1)) is None
+
+
+def test_auto_data_chunk_and_the_result_does_not_depend_on_it():
+    """``data_chunk=None`` picks rows from d and the L2 cache within the bounds (fewer rows
+    for wider data), and the field is the same as with small explicit chunks."""
+    from unified_ode.physics.exact import MAX_DATA_CHUNK, MIN_DATA_CHUNK, auto_data_chunk
+
+    sizes = [auto_data_chunk(d, 4) for d in (16, 64, 256, 3072)]
+    assert all(MIN_DATA_CHUNK <= s <= MAX_DATA_CHUNK for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    g = torch.Generator().manual_seed(12)
+    data = torch.rand(5000, 64, generator=g)
+    x = torch.randn(300, 64, generator=g) * 2
+    t = torch.full((300,), 0.8)
+    model = ExactPosterior(PoissonField(), data)
+    assert model.data_chunk == auto_data_chunk(64, 4)
+    small = ExactPosterior(PoissonField(), data, data_chunk=700, query_chunk=64)(x, t)
+    torch.testing.assert_close(model(x, t), small, rtol=2e-5, atol=1e-6)
+
+
+def test_smoothed_field_is_the_exact_field_of_the_kde():
+    """``smoothing=h``: the posterior mean is that of the data convolved with ``N(0, h² I)``.
+    One point under VE: the Gaussian ``N(y0, h²)``'s denoiser ``y0 + h²/(h² + σ²)(x − y0)``;
+    many points under VP (a != 1) in 2 dims (direct path) and 64 (attention and loop): a
+    float64 brute force over the mixture (weights at ``s² + a²h²``, per-point means
+    ``y_j + c(x − a y_j)``). Non-Gaussian kernels are refused with a clear error."""
+    g = torch.Generator().manual_seed(13)
+    h = 0.3
+    y0 = torch.randn(1, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    for sigma in (0.01, 0.5, 4.0):
+        t = torch.full((7,), sigma, dtype=torch.float64)
+        got = ExactPosterior(VEField(), y0, smoothing=h).posterior_mean(x, t)
+        want = y0 + h**2 / (h**2 + sigma**2) * (x - y0)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    field = VPField()
+    for dim, options in ((2, {}), (64, {}), (64, {"attention": False})):
+        data = torch.rand(400, dim, generator=g, dtype=torch.float64) * 2 - 1
+        for tv in (0.05, 0.5):
+            t = torch.full((9,), tv, dtype=torch.float64)
+            x = field.sample_kernel(data[:9], t, generator=g)
+            a, s = field.a(t)[:, None], field.s(t)[:, None]
+            s2 = s**2 + (a * h) ** 2
+            logits = -((x[:, None, :] - a[:, :, None] * data[None]) ** 2).sum(-1) / (2 * s2)
+            w = torch.softmax(logits, dim=1)
+            c = a * h**2 / s2
+            want = w @ data + c * (x - a * (w @ data))
+            got = ExactPosterior(field, data.float(), smoothing=h, **options).posterior_mean(
+                x.float(), t.float())
+            err = ((got.double() - want).norm(dim=1) / want.norm(dim=1)).max().item()
+            assert err <= 1e-5, (dim, options, tv, err)
+    assert ExactPosterior(field, data, smoothing=h).describe()["smoothing"] == h
+    with pytest.raises(ValueError, match="Gaussian noise kernel.*poisson"):
+        ExactPosterior(PoissonField(), data, smoothing=0.1)
+    with pytest.raises(ValueError, match="bandwidth >= 0"):
+        ExactPosterior(VEField(), data, smoothing=-1.0)

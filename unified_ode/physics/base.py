@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from unified_ode.physics.noise import NoiseLaw, event_dim
+from unified_ode.physics.posterior import IsotropicLogits
 from unified_ode.timegrid import make_grid
 
 
@@ -121,6 +122,16 @@ class Field(abc.ABC):
         optionally ``||y_j||²`` ``(M,)``, precomputed by a caller that streams over the same
         points many times (fields that do not need it ignore it)."""
         return self.pairwise_kernel_log_prob(x, y, t)
+
+    def posterior_logit_chunks(self, x: Tensor, t: Tensor):
+        """For a caller that streams many data chunks past the same queries ``x`` ``(n,
+        *shape)`` at ``t`` ``(n,)``: a function ``chunk(y, y_sqnorm=None, out=None) -> (ell,
+        scale)`` giving the posterior logits of a data chunk ``y`` ``(m, *shape)`` as ``scale ·
+        ell`` up to a constant per row (``scale`` ``None``: ``ell`` itself; else a negative
+        number, the product left to the softmax's shift pass). ``out``: an ``(n, m)`` buffer
+        it may write into. Default: :meth:`pairwise_posterior_logits`, ``scale`` ``None``."""
+        return lambda y, y_sqnorm=None, out=None: (
+            self.pairwise_posterior_logits(x, y, t, y_sqnorm=y_sqnorm), None)
 
     @abc.abstractmethod
     def conditional_velocity(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
@@ -307,20 +318,30 @@ class AffineField(Field):
         reference has ``||eps||² = ||x_i||²/s²`` (the point ``y = 0``): with ``u = x/s`` and
         ``r = a/s``, ``||eps||² = ||u||² + δ`` and ``δ = r² ||y||² − 2 r u·y`` comes from one
         matrix product without the large common ``||u||²``; the noise law turns ``δ`` into the
-        log-density ratio directly (:meth:`NoiseLaw.log_prob_sqnorm_shift`). A subclass that
-        overrides :meth:`pairwise_kernel_log_prob`, or non-isotropic noise, uses that instead."""
-        if (not self.noise.isotropic
-                or type(self).pairwise_kernel_log_prob is not AffineField.pairwise_kernel_log_prob):
+        log-density ratio directly (:class:`~unified_ode.physics.posterior.IsotropicLogits`).
+        A subclass that overrides :meth:`pairwise_kernel_log_prob`, or non-isotropic noise,
+        uses that instead."""
+        if not self.has_isotropic_kernel():
             return self.pairwise_kernel_log_prob(x, y, t)
+        ell, scale = self.posterior_logit_chunks(x, t)(y, y_sqnorm)
+        return ell if scale is None else ell.mul_(scale)
+
+    def posterior_logit_chunks(self, x, t):
+        """As :meth:`Field.posterior_logit_chunks`; for isotropic noise an
+        :class:`~unified_ode.physics.posterior.IsotropicLogits` (the queries scaled once, per
+        data chunk one matrix product, a rank-one update and the law's few in-place passes)."""
+        if not self.has_isotropic_kernel():
+            return super().posterior_logit_chunks(x, t)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        a, s = self.a(t), self.s(t)
-        u, yf = x.flatten(1) / s[:, None], y.flatten(1)
-        r = a / s
-        if y_sqnorm is None:
-            y_sqnorm = torch.linalg.vector_norm(yf, dim=1).square()  # no (M, d) temporary
-        delta = torch.mm(u * (-2.0 * r)[:, None], yf.T).addr_(r * r, y_sqnorm)
-        base = (u * u).sum(1, keepdim=True)
-        return self.noise.log_prob_sqnorm_shift(delta, base, event_dim(x), inplace=True)
+        return IsotropicLogits(self.noise, x.flatten(1), self.a(t), self.s(t))
+
+    def has_isotropic_kernel(self) -> bool:
+        """Isotropic noise and this class's pairwise kernel (a subclass that overrides
+        :meth:`pairwise_kernel_log_prob` says where it is still this one): the posterior
+        logits are a function of ``||x − a y||²`` alone (matrix-product distances, the exact
+        field's fast paths)."""
+        return (self.noise.isotropic and type(self).pairwise_kernel_log_prob
+                is AffineField.pairwise_kernel_log_prob)
 
     def conditional_velocity(self, x, y, t):
         tb = bcast(t, x)

@@ -8,10 +8,16 @@ lands on the data points: it is the ground truth for kernels, priors and solvers
 Cost and memory. Queries are processed ``query_chunk`` at a time and data ``data_chunk`` at a
 time with an online log-sum-exp (:class:`~unified_ode.physics.posterior.StreamingSoftmax`).
 For isotropic affine fields the logits come from squared distances by one matrix product
-(``||x||² − 2x·y + ||y||²``) and the posterior mean by a second, so a call costs about two
-``N × M × d`` matrix products; memory is the data (one copy, in the compute dtype) plus
-``query_chunk × data_chunk`` logits. Non-affine fields (the velocity is not linear in ``y``)
-average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET` values.
+(``||x||² − 2x·y + ||y||²``, the query side prepared once per query chunk:
+:class:`~unified_ode.physics.posterior.IsotropicLogits`; for small ``d`` on data rows
+augmented with ``[1 | ||y||²]``) and the posterior mean by a second, so a call costs about two
+``N × M × d`` matrix products plus a few light passes over the logits; memory is the data (one
+copy, in the compute dtype) plus ``query_chunk × data_chunk`` logits (the data chunk from
+``d`` and the L2 cache: :func:`auto_data_chunk`). Gaussian kernels in at most
+:data:`~unified_ode.physics.posterior.ATTENTION_MAX_DIM` dimensions use one fused attention
+call per query chunk instead (``attention``). Non-affine fields (the velocity is not linear
+in ``y``) average ``v(x, t | y)`` pair by pair, in sub-chunks of at most :data:`PAIR_BUDGET`
+values.
 
 Threads. On the CPU whole query chunks go to ``threads`` worker threads (one core each) while
 torch runs single-threaded: per-operation intra-op threads wait at a barrier after every
@@ -43,7 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from unified_ode.physics.base import AffineField, Field
-from unified_ode.physics.posterior import StreamingSoftmax, floor_weight
+from unified_ode.physics.posterior import IsotropicLogits, StreamingSoftmax, floor_weight
+from unified_ode.physics.smoothed import check_smoothing, smoothed_mean, smoothed_scale
 
 #: Up to this many dimensions, isotropic affine fields take the direct-difference path: the
 #: differences ``x − a y`` per coordinate (as cheap as a matrix product of inner size ``d``),
@@ -65,6 +72,34 @@ PROGRESS_MIN_WORK = 5e11
 ROUNDING_EPS = 64
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Data chunk of the direct path (``data_chunk=None``): its differences are ``query_chunk × d
+#: × data_chunk`` values.
+DIRECT_DATA_CHUNK = 2048
+#: Bounds of the matrix-product path's data chunk (``data_chunk=None``, :func:`auto_data_chunk`).
+MIN_DATA_CHUNK, MAX_DATA_CHUNK = 4096, 8192
+
+
+def cache_bytes() -> int:
+    """The per-core L2 cache size in bytes (Linux sysfs; 1 MiB where it cannot be read)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def auto_data_chunk(dim: int, element_size: int) -> int:
+    """Data rows per chunk of the matrix-product path: as many as fit the L2 cache
+    (:func:`cache_bytes`), so that the second read of a chunk (the weighted sum after the
+    distances) hits the cache, within [:data:`MIN_DATA_CHUNK`, :data:`MAX_DATA_CHUNK`]: fewer
+    rows make torch's per-operation overhead count, more make the logits buffer
+    (``query_chunk × data_chunk``) large. Measured (docs/exact.md, ``python
+    bench/exact_passes.py chunks``): at d = 64, 8,192 rows (2 MB) 5–12 % faster than 2,048; at
+    d = 3,072, 4,096 rows 5–7 % faster than 1,024 on a quiet machine (8 % slower under load)."""
+    rows = cache_bytes() // max(1, dim * element_size)
+    return int(min(MAX_DATA_CHUNK, max(MIN_DATA_CHUNK, rows)))
 
 
 def resolve_dtype(dtype, dim: int, direct: bool = False, unit_a: bool = True,
@@ -105,7 +140,9 @@ class ExactPosterior(nn.Module):
         ``field``, asked through its ``exact(posterior, x, t)``); ``None``: the posterior mean
         for fields with a denoiser form, the posterior velocity otherwise.
     query_chunk, data_chunk:
-        Chunk sizes (rows of queries, rows of data) that bound memory.
+        Chunk sizes (rows of queries, rows of data) that bound memory (``query_chunk ×
+        data_chunk`` logits). ``data_chunk=None``: :data:`DIRECT_DATA_CHUNK` on the direct
+        path, else :func:`auto_data_chunk` (a function of ``d`` and the L2 cache).
     dtype:
         Compute precision: ``"auto"`` (default: float64 for float64 data, else as the module
         docstring says), ``"float32"`` or ``"float64"`` (or a ``torch.dtype``).
@@ -124,17 +161,27 @@ class ExactPosterior(nn.Module):
         cores: 17x the CPU time of one, measured). With fewer queries than
         ``threads × query_chunk`` the chunks shrink so that each thread gets one; otherwise
         the chunks, and the result, do not depend on ``threads``.
+    attention:
+        Gaussian kernels (ve, vp, linear) on the CPU with at most
+        :data:`~unified_ode.physics.posterior.ATTENTION_MAX_DIM` dimensions on the
+        matrix-product path: the posterior mean of a query chunk as one fused attention call
+        (:meth:`~unified_ode.physics.posterior.IsotropicLogits.attention_mean`) instead of the
+        streaming loop (``False``: always the loop). Same numbers up to float rounding.
+    smoothing:
+        ``h > 0``: the smoothed closed-form field, the exact field of the data convolved with
+        ``N(0, h² I)`` (Gaussian kernels only; :mod:`unified_ode.physics.smoothed`); 0: the
+        exact field of the points.
     """
 
     def __init__(self, field: Field, data: Tensor, *, parametrisation=None,
-                 query_chunk: int = 256, data_chunk: int = 2048, dtype="auto",
+                 query_chunk: int = 256, data_chunk: int | None = None, dtype="auto",
                  top_k: int | None = None, progress: bool | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, attention: bool = True, smoothing: float = 0.0):
         super().__init__()
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError("exact field needs data of shape (M, *shape), got "
                              f"{tuple(data.shape)}")
-        if int(query_chunk) < 1 or int(data_chunk) < 1:
+        if int(query_chunk) < 1 or (data_chunk is not None and int(data_chunk) < 1):
             raise ValueError("network.query_chunk and network.data_chunk must be >= 1, got "
                              f"{query_chunk} and {data_chunk}")
         if threads is not None and int(threads) < 1:
@@ -147,15 +194,16 @@ class ExactPosterior(nn.Module):
         self.parametrisation = parametrisation
         self.dim = int(math.prod(data.shape[1:]))
         #: direct-difference path (see :data:`DIRECT_MAX_DIM`)
-        self.direct = (isinstance(field, AffineField) and field.noise.isotropic
-                       and self.dim <= DIRECT_MAX_DIM
-                       and type(field).pairwise_kernel_log_prob
-                       is AffineField.pairwise_kernel_log_prob)
+        self.direct = (isinstance(field, AffineField) and field.has_isotropic_kernel()
+                       and self.dim <= DIRECT_MAX_DIM)
         self.unit_a = isinstance(field, AffineField) and type(field).a is AffineField.a
         self.dtype = resolve_dtype(dtype, self.dim, self.direct, self.unit_a, data.dtype)
         self.register_buffer("data", data.detach().to(self.dtype).contiguous(),
                              persistent=False)
         self.query_chunk = int(query_chunk)
+        if data_chunk is None:
+            data_chunk = (DIRECT_DATA_CHUNK if self.direct
+                          else auto_data_chunk(self.dim, self.data.element_size()))
         self.data_chunk = int(data_chunk)
         self.top_k = None if top_k is None or int(top_k) >= data.shape[0] else int(top_k)
         #: Largest posterior mass neglected by ``top_k`` over the queries of the last call and
@@ -164,6 +212,8 @@ class ExactPosterior(nn.Module):
         self.max_neglected_mass = torch.zeros(())
         self.progress = progress
         self.threads = None if threads is None else int(threads)
+        self.attention = bool(attention)
+        self.smoothing = check_smoothing(field, smoothing)
         self._radius = None
         self._data_mean = None
         #: ``||y_j||²`` ``(M,)`` of the data, for the matrix-product distances (computed once:
@@ -232,7 +282,8 @@ class ExactPosterior(nn.Module):
     def describe(self) -> dict:
         """Facts for ``sample_info.json``: sizes, dtype, truncation and its measured bound."""
         out = {"points": int(self.data.shape[0]), "dim": self.dim,
-               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k}
+               "dtype": str(self.dtype).replace("torch.", ""), "top_k": self.top_k,
+               "smoothing": self.smoothing}
         if self.top_k is not None:
             out["max_neglected_mass_bound"] = self.neglected_mass_bound()
             out["mean_error_bound"] = self.mean_error_bound()
@@ -243,16 +294,22 @@ class ExactPosterior(nn.Module):
         """``E[y | x, t]`` in the wider of ``x``'s and the compute dtype (float64 on the direct
         path, where it is formed from the accurate residual ``E[x − a y]``)."""
         out = self._stream(x, t, velocity=False)
+        wide = torch.float64 if self.direct else torch.promote_types(x.dtype, self.dtype)
+        tw = torch.as_tensor(t, dtype=wide, device=x.device).expand(x.shape[0])
+        a = (self.field.a(tw).view(-1, *([1] * (x.ndim - 1)))
+             if isinstance(self.field, AffineField) else None)
         if not self.direct:
-            return out.to(torch.promote_types(x.dtype, self.dtype))
-        # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
-        x64 = x.detach().to(torch.float64)
-        a = self.field.a(torch.as_tensor(t, dtype=torch.float64, device=x.device)
-                         .expand(x.shape[0])).view(-1, *([1] * (x.ndim - 1)))
-        if self._data_mean is None:
-            self._data_mean = self.data.mean(0, dtype=torch.float64)
-        safe = torch.where(a != 0, a, torch.ones_like(a))
-        return torch.where(a != 0, (x64 - out.to(torch.float64)) / safe, self._data_mean)
+            mean = out.to(wide)
+        else:  # D = (x − E[x − a y]) / a; where a = 0 the kernel forgets y: the data mean
+            if self._data_mean is None:
+                self._data_mean = self.data.mean(0, dtype=torch.float64)
+            safe = torch.where(a != 0, a, torch.ones_like(a))
+            mean = torch.where(a != 0, (x.detach().to(wide) - out.to(wide)) / safe,
+                               self._data_mean)
+        if self.smoothing:  # the KDE's posterior mean from the points' (smoothed.py)
+            s = self.field.s(tw).view_as(a)
+            mean = smoothed_mean(x.detach().to(wide), a, s, mean, self.smoothing)
+        return mean
 
     def _stream(self, x: Tensor, t: Tensor, *, velocity: bool) -> Tensor:
         n = x.shape[0]
@@ -319,13 +376,29 @@ class ExactPosterior(nn.Module):
         width = 0 if self.top_k is not None else self.dim
         acc = StreamingSoftmax(n, width, top_k=self.top_k, dtype=self.dtype, device=x.device)
         if self.direct:
-            a, s = self.field.a(t), self.field.s(t)
+            a, s = self._kernel_scales(t)
             xf = x.flatten(1)
             inv_var = (1.0 / s**2)[:, None]
             # one buffer each for the differences and the logits, reused by every data chunk
             cap = min(self.data_chunk, flat.shape[0])
             diff_buf = torch.empty(n * self.dim * cap, dtype=self.dtype, device=x.device)
             sq_buf = torch.empty(n * cap, dtype=self.dtype, device=x.device)
+        else:  # the queries' side of the logits once, one logits buffer for every data chunk
+            logits_of = (IsotropicLogits(self.field.noise, x.flatten(1), *self._kernel_scales(t))
+                         if self.smoothing else self.field.posterior_logit_chunks(x, t))
+            if (self.attention and width and not velocity
+                    and isinstance(logits_of, IsotropicLogits)):
+                mean = logits_of.attention_mean(flat, self._sqnorm)
+                if mean is not None:  # Gaussian kernels: one fused call over all the data
+                    return (mean.view_as(x), torch.isfinite(mean).all(dim=1),
+                            torch.zeros(n, dtype=self.dtype, device=x.device))
+            cap = min(self.data_chunk, flat.shape[0])
+            buf = torch.empty(n * cap, dtype=self.dtype, device=x.device)
+            # small d: data rows [y | 1 | ||y||²], so that the distances' product also does
+            # the rank-one update and the law's offset (IsotropicLogits.augment)
+            augment = isinstance(logits_of, IsotropicLogits) and logits_of.worth_augmenting()
+            if augment:
+                rows = torch.empty(cap, self.dim + 2, dtype=self.dtype, device=x.device)
         for j in range(0, flat.shape[0], self.data_chunk):
             if self.direct:
                 yt = flat[j:j + self.data_chunk].T.contiguous()
@@ -343,14 +416,20 @@ class ExactPosterior(nn.Module):
                     acc.update(ell, scale=scale)
                 continue
             y = self.data[j:j + self.data_chunk]
-            logits = self.field.pairwise_posterior_logits(
-                x, y, t, y_sqnorm=self._sqnorm[j:j + self.data_chunk]).to(self.dtype)
-            if not width:
-                acc.update(logits)
-            elif velocity:
-                acc.update(logits, weighted_sum=lambda w, y=y: self._velocity_sum(x, y, t, w))
+            m = y.shape[0]
+            if augment:
+                ya = IsotropicLogits.augment(flat[j:j + m], self._sqnorm[j:j + m], rows[:m])
+                ell, scale = logits_of(ya, out=buf[:n * m].view(n, m))
             else:
-                acc.update(logits, flat[j:j + self.data_chunk])
+                ell, scale = logits_of(y, self._sqnorm[j:j + m], out=buf[:n * m].view(n, m))
+            ell = ell.to(self.dtype)
+            if not width:
+                acc.update(ell, scale=scale)
+            elif velocity:
+                acc.update(ell, scale=scale,
+                           weighted_sum=lambda w, y=y: self._velocity_sum(x, y, t, w))
+            else:
+                acc.update(ell, flat[j:j + self.data_chunk], scale=scale)
         if self.top_k is None:
             return (acc.mean().view_as(x), acc.has_mass(),
                     torch.zeros(n, dtype=self.dtype, device=x.device))
@@ -370,6 +449,11 @@ class ExactPosterior(nn.Module):
             else:
                 out += torch.einsum("nk,nkd->nd", wc, y.flatten(2))
         return out.view_as(x), acc.has_mass(), acc.neglected_mass()
+
+    def _kernel_scales(self, t: Tensor):
+        """``a(t)``, and ``s(t)`` or with :attr:`smoothing` the KDE's wider scale."""
+        a, s = self.field.a(t), self.field.s(t)
+        return a, (smoothed_scale(a, s, self.smoothing) if self.smoothing else s)
 
     def _differences(self, x: Tensor, yt: Tensor, a: Tensor, out: Tensor) -> Tensor:
         """``x_ik − a_i y_jk`` into ``out`` ``(n, d, m)`` for rows ``x`` ``(n, d)`` and the data

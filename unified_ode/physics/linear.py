@@ -102,6 +102,10 @@ class LinearField(AffineField):
         logq = self.noise.log_prob_floored(eps.reshape(n * m, -1)).view(n, m)
         return logq - xf.shape[1] * torch.log(s)[:, None]
 
+    def has_isotropic_kernel(self):
+        # the override above changes only the uniform prior's (non-isotropic) kernel
+        return self.noise.isotropic
+
     # preconditioning (finite at t = 1, where a = 0) ------------------------------------
     def input_scale(self, t):
         return torch.ones_like(torch.as_tensor(t))

@@ -94,6 +94,10 @@ class NoiseLaw:
 
     #: True when the density depends on ``eps`` only through ``||eps||``.
     isotropic: bool = False
+    #: ``c`` when ``log q(base + delta) − log q(base) = c · delta`` exactly (log-density affine
+    #: in the squared norm: the Gaussian, ``c = −1/2``), so that posterior logits are affine in
+    #: ``x·y`` (attention); ``None`` otherwise.
+    delta_slope: float | None = None
     #: Per-coordinate scale of ``eps`` used to express the noise level in data units (the
     #: ``sigma`` of EDM preconditioning): 1 for N(0, I) and for the Student-t laws of PFGM++.
     scale: float = 1.0
@@ -122,6 +126,27 @@ class NoiseLaw:
         (the exact field's logits in float32). ``inplace=True`` may overwrite ``delta``."""
         sq = (base + delta).clamp_min_(0.0)
         return self.log_prob_sqnorm(sq, dim, inplace=True).sub_(self.log_prob_sqnorm(base, dim))
+
+    def shift_row_factor(self, base: Tensor) -> Tensor | None:
+        """A per-row factor ``k`` ``(N,)`` (or ``None``: 1) for squared norms ``base`` ``(N,)``:
+        a caller of :meth:`scaled_log_prob_shift_` forms ``k·delta`` instead of ``delta`` in
+        its matrix product (the factor costs no pass over the ``(N, M)`` chunk there)."""
+        return None
+
+    def shift_offset(self, dim: int, dtype: torch.dtype) -> float:
+        """A constant ``c`` that :meth:`scaled_log_prob_shift_` wants added: it takes ``c +
+        k·delta`` (a caller may fold ``c`` into its matrix product). Default 0."""
+        return 0.0
+
+    def scaled_log_prob_shift_(self, z: Tensor, base: Tensor, dim: int):
+        """In place, the exact field's logits in as few passes as the law allows: ``(ell,
+        scale)`` with ``scale · ell = log q(base + delta) − log q(base) + c`` (``c`` constant
+        along a row), given ``z = shift_offset + k · delta`` ``(N, M)`` with ``k`` from
+        :meth:`shift_row_factor` and ``base`` ``(N, 1)``. ``scale`` is ``None`` (``ell`` is the
+        logit itself) or a negative Python number with ``ell`` increasing in ``delta``, so that
+        a row's largest logit is ``scale · min(ell)`` (the softmax folds the product into its
+        shift pass). Overwrites ``z``. Default: :meth:`log_prob_sqnorm_shift`."""
+        return self.log_prob_sqnorm_shift(z, base, dim, inplace=True), None
 
     def scaled_log_prob_(self, sqnorm: Tensor, inv_var: Tensor, dim: int):
         """In place, for the exact field's ``(N, M)`` chunks: ``(ell, scale)`` with
@@ -161,6 +186,7 @@ class GaussianNoise(NoiseLaw):
     """``eps ~ N(0, I)``: the heat-equation kernel (VE, EDM, VP)."""
 
     isotropic = True
+    delta_slope = -0.5
 
     def sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
@@ -172,11 +198,15 @@ class GaussianNoise(NoiseLaw):
         return const - 0.5 * sqnorm
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
-        return delta.mul_(-0.5) if inplace else -0.5 * delta
+        return delta.mul_(self.delta_slope) if inplace else self.delta_slope * delta
 
     def scaled_log_prob_(self, sqnorm, inv_var, dim):
         # −||eps||²/2 + const: ell = sqnorm itself, no pass over the chunk
-        return sqnorm, -0.5 * inv_var
+        return sqnorm, self.delta_slope * inv_var
+
+    def scaled_log_prob_shift_(self, z, base, dim):
+        # −(base + delta)/2: ell = delta itself, no pass over the chunk
+        return z, self.delta_slope
 
     def describe(self):
         return "N(0, I)"
@@ -240,6 +270,27 @@ class StudentTNoise(NoiseLaw):
         else:
             ell = sqnorm.mul_(z).log1p_()
         return ell, -p
+
+    def shift_row_factor(self, base):
+        return 1.0 / (base + self.dof)
+
+    def _log_suffices(self, dim: int, dtype: torch.dtype) -> bool:
+        """``log(1 + r)`` is within 1e-5 nats of ``log1p(r)`` after the factor (ν+d)/2
+        (:func:`log1p_fast_`)."""
+        return 0.5 * (self.dof + dim) * torch.finfo(dtype).eps <= 1e-5
+
+    def shift_offset(self, dim, dtype):
+        return 1.0 if self._log_suffices(dim, dtype) else 0.0
+
+    def scaled_log_prob_shift_(self, z, base, dim):
+        # ell = log(1 + r), r = delta/(ν + base) (the division made in the caller's matrix
+        # product), kept at 1 + r >= ν/(ν + base) (base + delta >= 0 up to rounding); scale
+        # −(ν+d)/2. Given z = 1 + r (the 1 folded in by the caller): two light passes; else
+        # z = r and log1p (precise where r is small: the large-d case in float32)
+        p = 0.5 * (self.dof + dim)
+        if self._log_suffices(dim, z.dtype):
+            return z.clamp_(min=self.dof / (base + self.dof)).log_(), -p
+        return z.clamp_(min=(base / (base + self.dof)).neg()).log1p_(), -p
 
     def log_prob_sqnorm_shift(self, delta, base, dim, *, inplace=False):
         # −(ν+d)/2 · log((ν + base + delta)/(ν + base)), the ratio's argument kept > −1

@@ -13,6 +13,9 @@ are made once, after it, by the callers.
 
 Used by :class:`unified_ode.physics.exact.ExactPosterior` (the exact field) and by PFGM's
 empirical field (:func:`unified_ode.objectives.empirical_poisson_field`).
+:class:`IsotropicLogits` forms the logits of isotropic affine kernels in as few passes over a
+chunk as the noise law allows, or the whole posterior mean of a Gaussian kernel as one fused
+attention call (docs/exact.md, the measurements behind each choice).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+#: Up to this many dimensions the posterior mean of a Gaussian kernel on the CPU is one fused
+#: attention call (:meth:`IsotropicLogits.attention_mean`); above it the two matrix products
+#: of the streaming loop are faster (``python bench/exact_passes.py attention``, docs/exact.md:
+#: 1.2x faster at d = 64, 0.9x at d = 256, 0.7x at d = 1,024).
+ATTENTION_MAX_DIM = 128
 
 
 def exp_floor(dtype: torch.dtype) -> float:
@@ -90,7 +100,10 @@ class StreamingSoftmax:
             self._merge_top(logits)
         if scale is None:
             chunk_max = logits.amax(dim=1)
-        else:  # scale < 0: the largest logit is scale times the smallest value
+        elif isinstance(scale, (int, float)):  # scale < 0: the largest logit is scale · min
+            scale = float(scale)
+            chunk_max = logits.amin(dim=1).mul_(scale)
+        else:
             scale = torch.as_tensor(scale, dtype=logits.dtype, device=logits.device)
             chunk_max = logits.amin(dim=1).mul_(scale.view(-1))
         new_max = torch.maximum(self.run_max, chunk_max)
@@ -99,8 +112,10 @@ class StreamingSoftmax:
         rescale = torch.exp(self.run_max - shift)  # exp(-inf) = 0 on the first chunk
         if scale is None:
             w = logits.sub_(shift[:, None])
-        else:
-            w = torch.addcmul(shift[:, None].neg(), logits, scale, out=logits)
+        elif isinstance(scale, float):  # one pass: −shift + scale·logits
+            w = torch.add(shift[:, None].neg(), logits, alpha=scale, out=logits)
+        else:  # two passes with a (n, 1) factor: cheaper than one addcmul (measured)
+            w = logits.mul_(scale).sub_(shift[:, None])
         w = w.clamp_min_(self.floor).exp_()
         self.denom.mul_(rescale).add_(w.sum(dim=1))
         if self.acc is not None:
@@ -142,3 +157,102 @@ class StreamingSoftmax:
     def neglected_mass(self) -> Tensor:
         """``(n,)`` posterior mass outside the top ``k`` (0 when ``k`` covers every point)."""
         return (1.0 - self.top_weights().sum(dim=1)).clamp(0.0, 1.0)
+
+
+class IsotropicLogits:
+    """Posterior logits of ``n`` queries of an isotropic affine kernel ``x = a y + s eps``
+    against data chunks, the per-query work done once (the exact field streams every data
+    chunk past each query chunk).
+
+    With ``u = x/s``, ``r = a/s`` and ``base = ||u||²``, ``||eps||² = base + delta`` where
+    ``delta = r² ||y||² − 2 r u·y``: one matrix product and a rank-one update, never the large
+    common ``base`` (float32 keeps the differences that decide the posterior). The noise law
+    may ask for ``k · delta`` with a per-row ``k``
+    (:meth:`~unified_ode.physics.noise.NoiseLaw.shift_row_factor`), folded into the two
+    factors here, and turns it into ``(ell, scale)`` in place
+    (:meth:`~unified_ode.physics.noise.NoiseLaw.scaled_log_prob_shift_`).
+
+    Parameters
+    ----------
+    noise:
+        The isotropic noise law.
+    x:
+        Queries ``(n, d)`` (flattened), in the compute dtype.
+    a, s:
+        ``a(t)``, ``s(t)`` per query ``(n,)``, same dtype.
+    """
+
+    def __init__(self, noise, x: Tensor, a: Tensor, s: Tensor):
+        self.noise = noise
+        self.dim = x.shape[1]
+        u = x / s[:, None]
+        r = a / s
+        self.base = (u * u).sum(1, keepdim=True)
+        k = noise.shift_row_factor(self.base[:, 0])
+        rk = r if k is None else r * k
+        self.offset = noise.shift_offset(self.dim, x.dtype)
+        self.left = u * (-2.0 * rk)[:, None]  # (n, d): the product's left factor
+        self.ycoef = r * rk                     # (n,): the coefficient of ||y_j||²
+        self._left_aug = None  # [left | offset | ycoef] (n, d + 2), for augmented rows
+
+    def __call__(self, y: Tensor, y_sqnorm: Tensor | None = None, out: Tensor | None = None):
+        """``(ell, scale)`` for data ``y`` ``(m, d)`` (``y_sqnorm``: their ``||y_j||²``
+        ``(m,)`` if the caller has them), or augmented rows ``(m, d + 2)`` from
+        :meth:`augment`, whose product with the left factor is the whole ``offset + k·delta``
+        (no pass of its own for ``||y||²`` and the offset); ``out``: an ``(n, m)`` buffer to
+        write into. The logits are ``scale · ell`` up to a constant per row (``scale``
+        ``None``: ``ell``)."""
+        y = y.flatten(1)
+        if y.shape[1] == self.dim + 2:
+            if self._left_aug is None:
+                self._left_aug = torch.cat([self.left, torch.full_like(self.ycoef, self.offset)
+                                            [:, None], self.ycoef[:, None]], dim=1)
+            z = torch.mm(self._left_aug, y.T, out=out)
+        else:
+            if y_sqnorm is None:
+                y_sqnorm = torch.linalg.vector_norm(y, dim=1).square()  # no (m, d) temporary
+            z = torch.mm(self.left, y.T, out=out).addr_(self.ycoef, y_sqnorm)
+            if self.offset:
+                z.add_(self.offset)
+        return self.noise.scaled_log_prob_shift_(z, self.base, self.dim)
+
+    def worth_augmenting(self) -> bool:
+        """Whether augmented rows pay: copying a data chunk ``(m, d + 2)`` per query chunk
+        costs ``(d + 2) / n`` of a pass over the ``(n, m)`` logits and saves one or two (the
+        rank-one update, the offset); the product's inner size grows by 2 (at d = 64: 5 %,
+        ``python bench/exact_passes.py widths``)."""
+        return self.dim + 2 <= self.left.shape[0]
+
+    @staticmethod
+    def augment(y: Tensor, y_sqnorm: Tensor, out: Tensor) -> Tensor:
+        """Rows ``[y_j | 1 | ||y_j||²]`` ``(m, d + 2)`` into ``out`` (a reused buffer). (The
+        ones are not reused as a normaliser column of the weighted sum: an output width of
+        65 instead of 64 made that product 20 % slower, more than the row sum it would save;
+        ``python bench/exact_passes.py widths``.)"""
+        d = y.shape[1]
+        out[:, :d] = y
+        out[:, d] = 1.0
+        out[:, d + 1] = y_sqnorm
+        return out
+
+    def attention_mean(self, y: Tensor, y_sqnorm: Tensor) -> Tensor | None:
+        """The posterior mean ``Σ_j w_ij y_j`` ``(n, d)`` over all of ``y`` ``(M, d)`` as one
+        fused attention call (``scaled_dot_product_attention``: its CPU kernel streams over
+        ``y`` with an online softmax, the logits never stored), or ``None`` where it does not
+        apply: a law whose logits are not affine in ``delta`` (only the Gaussian's are),
+        queries at different noise levels (``||y_j||²``'s coefficient is a per-key bias shared
+        by all queries), not the CPU, more than :data:`ATTENTION_MAX_DIM` dimensions.
+
+        Logits ``c·delta = c·(r²||y_j||² − 2r u·y_j)``: queries ``−2c r u``, keys and values
+        ``y``, a key bias ``c r² ||y_j||²``, scale 1; the same numbers as the streaming loop.
+        One host synchronisation (the noise-level check)."""
+        slope = self.noise.delta_slope
+        if (slope is None or y.device.type != "cpu" or self.dim > ATTENTION_MAX_DIM
+                or self.noise.shift_row_factor(self.base[:, 0]) is not None
+                or not bool((self.ycoef == self.ycoef[0]).all())):
+            return None
+        bias = (slope * self.ycoef[0]) * y_sqnorm
+        q = (slope * self.left)[None, None]
+        kv = y[None, None]
+        return F.scaled_dot_product_attention(q, kv, kv, attn_mask=bias.view(1, 1, 1, -1),
+                                              scale=1.0)[0, 0]
