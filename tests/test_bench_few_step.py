@@ -52,6 +52,27 @@ def test_trained_solver_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_trained_benchmark_refines_a_stored_grid_to_the_same_opt_grid(tmp_path):
+    """A stored GITS grid that lacks a ``+opt`` grid is refined, not fitted again: the
+    ``+opt`` grid equals the one a single run fitting everything gives."""
+    import json
+
+    from bench.solvers_trained import main
+    from tests.conftest import ROOT
+
+    common = ["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "16", "--seeds", "1",
+              "--fit-n", "8", "--fine-points", "8", "--nfes", "4", "--extractor", "random",
+              "--threads", "1"]
+    for parts, methods in (("one", ["ipndm+gits", "ipndm+opt"]),
+                           ("two", ["ipndm+gits"]), ("two", ["ipndm+opt"])):
+        main([*common, "--out", str(tmp_path / parts), "--parts", str(tmp_path / parts),
+              "--methods", *methods])
+    grids = {p: json.loads(next((tmp_path / p).glob("*/grids-*.json")).read_text())["grids"]
+             for p in ("one", "two")}
+    assert grids["one"] == grids["two"] and set(grids["two"]) == {"gits", "ipndm+opt"}
+
+
+@pytest.mark.slow
 def test_solver_diagnosis_splits_the_error_by_training_point():
     """bench/solvers_diag.py on digits (exact VE field): every solver's row; the squared error
     of the samples that end on the reference's training point plus that of the switched ones

@@ -14,7 +14,13 @@ from unified_ode.errors import UserError
 from unified_ode.parametrisation import ProbabilityFlow
 from unified_ode.physics import LinearField, VEField, VPField
 from unified_ode.solvers import IPNDM, Heun, UniPC
-from unified_ode.solvers.gits import best_path, grid_cost, nested_fine_grid, optimise_grid
+from unified_ode.solvers.gits import (
+    best_path,
+    grid_cost,
+    nested_fine_grid,
+    optimise_grid,
+    teacher_end,
+)
 from unified_ode.timegrid import GRID_FILE_FORMAT, GridFileError, jsonable
 
 F64 = torch.float64
@@ -217,3 +223,16 @@ def test_refined_grid_never_worse_than_its_starting_grids_on_the_fitting_draws()
                     fitted.teacher_end)
     with pytest.raises(ValueError, match="at must be"):
         final_error(solver, flow, default, x, fitted.teacher_end, at="middle")
+
+
+def test_teacher_end_without_the_fit_is_the_fits_own():
+    """``teacher_end`` (for refining a stored grid without fitting it again) gives exactly the
+    ``teacher_end`` that :func:`optimise_grid` stores for the same draws and settings."""
+    field = VEField()
+    flow = ProbabilityFlow.exact(field, DATA)
+    solver = IPNDM(steps=4)
+    default = solver.time_grid(field)
+    x = prior(field, 16, 1)
+    fitted = optimise_grid(solver, flow, default, x, fine_points=16, substeps=2)
+    assert torch.equal(teacher_end(flow, default, x, fine_points=16, substeps=2),
+                       fitted.teacher_end)

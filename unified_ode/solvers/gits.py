@@ -207,15 +207,34 @@ def optimise_grid(solver: Solver, flow, default: Tensor, x_T: Tensor, *,
         cost, nfe_cost = cost_matrix(solver, flow, traj, fine)
         path, total = best_path(cost, intervals)
         default_cost = grid_cost(solver, flow, traj, fine, default)
-        end = traj[-1]
-        if final:
-            end = flow.last_step(traj[-1], fine[-1].to(dtype=end.dtype, device=end.device))
+        end = _teacher_end(flow, traj[-1], fine, final)
     times = fine[path]
     if final:
         times = torch.cat([times, torch.zeros(1, dtype=torch.float64)])
     return FittedGrid(times, total, default_cost, default.clone(), len(fine), len(x_T), substeps,
                       nfe_ref + nfe_cost + int(final), teacher=traj[-1],
                       teacher_end=end)
+
+
+def _teacher_end(flow, last: Tensor, fine: Tensor, final: bool) -> Tensor:
+    """The reference solution's end: its state at the fine grid's last time, or the exact last
+    step from there to 0 when the solver's grid ends at 0 (``final``)."""
+    if not final:
+        return last
+    return flow.last_step(last, fine[-1].to(dtype=last.dtype, device=last.device))
+
+
+def teacher_end(flow, default: Tensor, x_T: Tensor, *, fine_points: int = 64,
+                substeps: int = 4) -> Tensor:
+    """What :func:`optimise_grid` stores as ``teacher_end`` for the same arguments (the fine
+    reference solution's end, ``(B, *shape)``), without the cost matrix: for refining a stored
+    GITS grid (:func:`refine_grid`) without fitting it again."""
+    default = check_grid(default)
+    final = bool(default[-1] == 0)
+    fine = nested_fine_grid(default, fine_points, final_step=final)
+    with torch.no_grad():
+        traj, _ = reference_trajectories(flow, x_T, fine, substeps)
+        return _teacher_end(flow, traj[-1], fine, final)
 
 
 @dataclass
