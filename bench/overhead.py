@@ -3,6 +3,7 @@
     python bench/overhead.py                                   # toy2d MLP and digits U-Net
     python bench/overhead.py --setups toy2d --steps 300 --rounds 5
     python bench/overhead.py --setups loop --steps 300 --rounds 4   # the loop's fixed cost
+    python bench/overhead.py --variants --setups loop toy2d --rounds 5   # Lightning's options
 
 For each setup (a list of config overrides, composed exactly as ``train.py`` composes them):
 
@@ -24,6 +25,11 @@ far more than CPU times. The two sides alternate for ``--rounds`` rounds (which 
 alternates too) and the table shows medians; the ratio is ours / bare (1.00 = no overhead),
 next to the range of the rounds' paired ratios, which says how far the noise reaches.
 Targets (issue 15): ≤ 1.02 for training steps, ≤ 1.05 for sampling.
+
+``--variants``: the training step only, bare loop against four Lightning set-ups of the same
+work: ours (as above), ours under ``Trainer(barebones=True)``, and the same loss, optimiser and
+clipping under Lightning's manual optimisation (:func:`manual_module`), with and without
+barebones — how much of Lightning's fixed cost per step its own options remove.
 """
 
 from __future__ import annotations
@@ -91,19 +97,61 @@ class _StepClock:
         self.start = self.stop = None
 
 
-def lightning_steps(module, batches, warmup: int, clip) -> float:
+#: Lightning set-ups of ``--variants`` (besides ours: our module, automatic optimisation):
+#: how much of the loop's fixed cost per step Lightning's own options remove.
+VARIANTS = ("ours", "barebones", "manual", "manual+barebones")
+
+
+def lightning_steps(module, batches, warmup: int, clip, variant: str = "ours") -> float:
+    """CPU seconds per optimiser step of a Lightning ``Trainer`` fitting ``module`` (or, for
+    the ``manual`` variants, :func:`manual_module` around it); ``barebones``: the Trainer's
+    ``barebones=True`` mode (no logging machinery at all: for measuring, not for runs)."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     clock = _StepClock(warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[clock.callback],
-                        gradient_clip_val=clip, gradient_clip_algorithm="norm",
-                        num_sanity_val_steps=0)
+    manual = variant.startswith("manual")
+    quiet = ({"barebones": True} if variant.endswith("barebones") else
+             {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+              "enable_model_summary": False, "num_sanity_val_steps": 0})
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches),
+                        callbacks=[clock.callback], **quiet,
+                        **({} if manual else {"gradient_clip_val": clip,
+                                              "gradient_clip_algorithm": "norm"}))
+    if manual:
+        module = manual_module(module, clip)
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     return (clock.stop - clock.start) / (len(batches) - warmup)
+
+
+def manual_module(module, clip):
+    """A LightningModule that trains ``module``'s model with the same loss, optimiser,
+    scheduler and clipping under Lightning's *manual* optimisation (no optimiser closure)."""
+    import lightning as L
+
+    class ManualStep(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+            self.automatic_optimization = False
+
+        def configure_optimizers(self):
+            return module.configure_optimizers()
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            loss = module.objective(module.model, module.field, batch)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if clip:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            opt.step()
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
+
+    return ManualStep()
 
 
 def bare_steps(module, batches, warmup: int, clip) -> float:
@@ -195,7 +243,41 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
             "n_samples": n_samples}
 
 
-def main(argv=None) -> None:
+def measure_variants(name: str, overrides: list[str], steps: int, warmup: int,
+                     rounds: int) -> dict:
+    """CPU ms per training step of the bare loop and of each Lightning variant
+    (:data:`VARIANTS`), alternated over ``rounds`` rounds (the order rotates); medians."""
+    from unified_ode.app.build import build_module
+
+    cfg = compose(overrides + [f"trainer.max_steps={steps}"])
+    module, dm = build_module(cfg)
+    clip = cfg.trainer.get("gradient_clip_val")
+    batches = fixed_batches(dm, steps)
+    initial = copy.deepcopy(module.state_dict())
+    sides = ("bare", *VARIANTS)
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    for r in range(rounds):
+        for which in sides[r % len(sides):] + sides[:r % len(sides)]:
+            torch.manual_seed(0)
+            module.load_state_dict(initial)
+            module.train()
+            times[which].append(bare_steps(module, batches, warmup, clip) if which == "bare"
+                                else lightning_steps(module, batches, warmup, clip, which))
+    return {"setup": name, "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()}}
+
+
+def variants_table(rows: list[dict]) -> list[str]:
+    lines = ["| setup | bare loop (CPU ms/step) | " + " | ".join(
+        f"{v} (ms; − bare)" for v in VARIANTS) + " |", "|---|---|" + "---|" * len(VARIANTS)]
+    for r in rows:
+        bare = r["ms"]["bare"]
+        lines.append(f"| {r['setup']} | {bare:.2f} | " + " | ".join(
+            f"{r['ms'][v]:.2f}; {r['ms'][v] - bare:+.2f} ({r['ms'][v] / bare:.3f}×)"
+            for v in VARIANTS) + " |")
+    return lines
+
+
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setups", nargs="*", default=["toy2d", "digits"], choices=list(SETUPS))
     parser.add_argument("--steps", type=int, default=200, help="optimiser steps per timing")
@@ -204,6 +286,9 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="samples per sampling call")
     parser.add_argument("--sample-repeats", type=int, default=5,
                         help="alternating sampling calls per side and round (median kept)")
+    parser.add_argument("--variants", action="store_true",
+                        help="instead: the training step under Lightning's own options "
+                             "(barebones Trainer, manual optimisation) against the bare loop")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1; 0: torch's default)")
     args = parser.parse_args(argv)
@@ -212,14 +297,22 @@ def main(argv=None) -> None:
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
 
+    command = "python bench/overhead.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:]
+                                            else "")
+    if args.variants:
+        rows = [measure_variants(s, SETUPS[s], args.steps, args.warmup, args.rounds)
+                for s in args.setups]
+        print(f"\n`{command}` — CPU time per training step, {torch.get_num_threads()} torch "
+              f"thread(s), medians of {args.rounds} rounds\n")
+        print("\n".join(variants_table(rows)))
+        return rows
     rows = [measure(s, SETUPS[s], args.steps, args.warmup, args.rounds, args.samples,
                     args.sample_repeats)
             for s in args.setups]
-    command = "python bench/overhead.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:]
-                                            else "")
     print(f"\n`{command}` — CPU time, {torch.get_num_threads()} torch thread(s), medians of "
           f"{args.rounds} alternating rounds, {args.steps - args.warmup} timed steps each\n")
     print("\n".join(table(rows)))
+    return rows
 
 
 def table(rows: list[dict]) -> list[str]:
