@@ -9,8 +9,9 @@ seed, the same ``--n`` prior draws are integrated by
 * ours: ``ipndm`` and ``unipc`` on a GITS grid fitted for that NFE on the model's own
   trajectories (``--fit-n`` other prior draws; :mod:`unified_ode.solvers.gits`), the same
   two on their own grid refined from it (``+opt``: :func:`~unified_ode.solvers.gits.refine_grid`
-  on the solver's final-sample error against those trajectories' ends), and ``ipndm`` on the
-  field's default grid;
+  on the solver's final-sample error against those trajectories' ends), ``ipndm`` with the
+  analytic first step on the GITS grid of one step more (``+afs``: same NFE), and ``ipndm`` on
+  the field's default grid;
 * k-diffusion: ``sample_dpmpp_2m`` and ``sample_lms`` (its best samplers at these NFE on the
   exact-field table) on the field's default grid, through
   :class:`unified_ode.interop.KDiffusionDenoiser` (same checkpoint, same noise);
@@ -53,7 +54,10 @@ from unified_ode.solvers.gits import optimise_grid, refine_grid, teacher_end  # 
 NFES = (4, 5, 6, 8, 10)
 PEERS = {"k_dpmpp_2m": "sample_dpmpp_2m", "k_lms": "sample_lms"}
 OURS = {"ipndm": IPNDM, "unipc": UniPC}
-METHODS = ("ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt", "unipc+opt", *PEERS)
+#: ``ipndm+gits+afs``: iPNDM with the analytic first step (solvers/ipndm.py) on the GITS grid
+#: fitted for one step more: the same NFE, one more step (the first needs no network call).
+METHODS = ("ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt", "unipc+opt", "ipndm+gits+afs",
+           *PEERS)
 
 
 def load(run: str):
@@ -77,6 +81,10 @@ def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods) -
             z = getattr(kd, PEERS[method])(den, den.to_k(x_T, default[0]),
                                            den.sigmas(default).to(x_T), disable=True)
             out[method] = den.from_k(z, 0.0)
+            continue
+        if method == "ipndm+gits+afs":
+            out[method] = IPNDM(steps=nfe + 1, afs=True).solve(
+                flow, x_T, grids[("gits", nfe + 1)]).x
             continue
         name, _, kind = method.partition("+")
         grid = {"": default, "gits": grids.get(("gits", nfe)),
@@ -140,8 +148,10 @@ def bench_run(run: str, args, kd, log=print) -> dict:
     grids = {}
     with module.use_ema(True):
         if any("+" in m for m in methods):
-            for nfe in args.nfes:
-                fitted, secs = fit_grids(module, nfe, args, methods, parts, log)
+            afs = "ipndm+gits+afs" in methods  # also needs the GITS grid of nfe + 1 steps
+            for nfe in sorted({*args.nfes, *(n + 1 for n in args.nfes if afs)}):
+                fitted, secs = fit_grids(module, nfe, args,
+                                         methods if nfe in args.nfes else [], parts, log)
                 grids.update(fitted)
                 results["fit_seconds"][nfe] = secs
                 log(f"  GITS grid NFE {nfe}: "
