@@ -10,8 +10,8 @@ seed, the same ``--n`` prior draws are integrated by
   trajectories (``--fit-n`` other prior draws; :mod:`unified_ode.solvers.gits`), the same
   two on their own grid refined from it (``+opt``: :func:`~unified_ode.solvers.gits.refine_grid`
   on the solver's final-sample error against those trajectories' ends), ``ipndm`` with the
-  analytic first step on the GITS grid of one step more (``+afs``: same NFE), and ``ipndm`` on
-  the field's default grid;
+  analytic first step (``μ`` = the training set's mean) on the GITS grid of one step more
+  (``+afs``: same NFE), and ``ipndm`` on the field's default grid;
 * k-diffusion: ``sample_dpmpp_2m`` and ``sample_lms`` (its best samplers at these NFE on the
   exact-field table) on the field's default grid, through
   :class:`unified_ode.interop.KDiffusionDenoiser` (same checkpoint, same noise);
@@ -54,8 +54,9 @@ from unified_ode.solvers.gits import optimise_grid, refine_grid, teacher_end  # 
 NFES = (4, 5, 6, 8, 10)
 PEERS = {"k_dpmpp_2m": "sample_dpmpp_2m", "k_lms": "sample_lms"}
 OURS = {"ipndm": IPNDM, "unipc": UniPC}
-#: ``ipndm+gits+afs``: iPNDM with the analytic first step (solvers/ipndm.py) on the GITS grid
-#: fitted for one step more: the same NFE, one more step (the first needs no network call).
+#: ``ipndm+gits+afs``: iPNDM with the analytic first step (solvers/ipndm.py; ``μ`` = the
+#: training set's mean) on the GITS grid fitted for one step more: the same NFE, one more step
+#: (the first needs no network call).
 METHODS = ("ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt", "unipc+opt", "ipndm+gits+afs",
            *PEERS)
 
@@ -67,9 +68,11 @@ def load(run: str):
 
 
 @torch.no_grad()
-def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods) -> dict:
+def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods,
+                data_mean=0.0) -> dict:
     """``{method: samples}`` at one NFE from the prior draws ``x_T``; ``grids[(kind, nfe)]``:
-    the fitted grids (``kind``: ``gits``, ``ipndm+opt``, ``unipc+opt``)."""
+    the fitted grids (``kind``: ``gits``, ``ipndm+opt``, ``unipc+opt``); ``data_mean``: the
+    training set's mean (one sample's shape), the analytic first step's ``μ``."""
     flow = module.flow()
     out = {}
     default = IPNDM(steps=nfe).time_grid(module.field)
@@ -83,7 +86,7 @@ def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods) -
             out[method] = den.from_k(z, 0.0)
             continue
         if method == "ipndm+gits+afs":
-            out[method] = IPNDM(steps=nfe + 1, afs=True).solve(
+            out[method] = IPNDM(steps=nfe + 1, afs=True, afs_mean=data_mean).solve(
                 flow, x_T, grids[("gits", nfe + 1)]).x
             continue
         name, _, kind = method.partition("+")
@@ -146,6 +149,10 @@ def bench_run(run: str, args, kd, log=print) -> dict:
     results: dict = {"run": run, "field": module.field.name, "scores": {}, "fit_seconds": {},
                      "metrics": ["FID", "KID"] if images else ["SW", "MMD"]}
     grids = {}
+    # the analytic first step's μ: the training set's mean, one sample's shape (0 where the
+    # data module holds no tensor of its training set)
+    train = getattr(datamodule, "train_tensor", None)
+    data_mean = train().float().mean(0) if callable(train) else 0.0
     with module.use_ema(True):
         if any("+" in m for m in methods):
             afs = "ipndm+gits+afs" in methods  # also needs the GITS grid of nfe + 1 steps
@@ -162,7 +169,8 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                 todo = [m for m in methods
                         if not (parts / f"{m}-nfe{nfe}-seed{seed}-n{args.n}-"
                                 f"{args.extractor}.json").exists()]
-                samples = samples_for(module, nfe, x_T, grids, kd, todo) if todo else {}
+                samples = (samples_for(module, nfe, x_T, grids, kd, todo, data_mean)
+                           if todo else {})
                 for method in methods:
                     path = parts / f"{method}-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
                     if path.exists():

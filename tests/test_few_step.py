@@ -104,6 +104,27 @@ def test_analytic_first_step_is_exact_for_rectified_flow_with_centred_data():
     assert rms(afs.x, plain.x) < 1e-12
 
 
+def test_analytic_first_step_with_the_data_mean_is_exact_for_non_centred_data():
+    """Data not centred (mean (3, −2)): at t = 1 E[y | x, 1] is that mean, so AFS with
+    ``afs_mean`` = the data's mean (a tensor of one sample's shape) changes nothing but the
+    NFE, while the default μ = 0 carries the whole mean into the samples."""
+    data = DATA + torch.tensor([3.0, -2.0], dtype=F64)
+    field = LinearField()
+    flow = ProbabilityFlow.exact(field, data)
+    x_T = field.sample_prior(16, (2,), generator=torch.Generator().manual_seed(0), dtype=F64)
+    grid = field.default_grid(8)
+    plain = IPNDM(steps=8).solve(flow, x_T, grid)
+    afs = IPNDM(steps=8, afs=True, afs_mean=data.mean(0)).solve(flow, x_T, grid)
+    assert afs.nfe == plain.nfe - 1
+    assert rms(afs.x, plain.x) < 1e-12
+    centred_guess = IPNDM(steps=8, afs=True).solve(flow, x_T, grid).x
+    assert rms(centred_guess, plain.x) > 0.1
+    with pytest.raises(ValueError, match="afs_mean has shape"):
+        IPNDM(steps=8, afs=True, afs_mean=torch.zeros(3)).solve(flow, x_T, grid)
+    with pytest.raises(ValueError, match="afs_mean must be finite"):
+        IPNDM(afs=True, afs_mean=float("nan"))
+
+
 def test_analytic_first_step_error_is_small_for_a_far_prior():
     """VE with σ_max = 80: the guess D = 0 is off by O(1/σ_max); the samples move by < 1 %
     of the data scale."""

@@ -28,8 +28,12 @@ be extrapolated over).
 **Analytic first step** (``afs: true``, affine fields only; saves the first network call):
 far from the data, ``E[y | x, t]`` is the data mean plus a shrunk ``z`` — for data
 ``N(μ, σ_d² I)`` exactly ``D = μ + σ_d²/(σ_d² + σ²) (z − μ)``. The solver uses ``μ = 0``
-(standardised data) and ``σ_d = afs_sigma_data``: ``D ≈ σ_d² a x / (a² σ_d² + s²)``
-(``= 0`` with the default ``σ_d = 0``, and exactly the mean at ``a = 0``). The error of this
+(standardised data; ``afs_mean`` otherwise: a number, or a tensor of one sample's shape such
+as the training set's per-pixel mean) and ``σ_d = afs_sigma_data``:
+``D ≈ μ + σ_d² a (x − a μ) / (a² σ_d² + s²)`` (``= μ`` with the default ``σ_d = 0``, and
+exactly the mean at ``a = 0``). With a wrong ``μ`` the first step carries the error ``μ_true −
+μ`` almost whole into the state at the next grid time (measured on 8×8 digits, pixel mean
+−0.39, VE, NFE 5: FID@1k 27.5 with ``μ = 0`` against 11.8 without AFS). The error of this
 guess is ``O(1/σ_max)`` per coordinate for data of unit scale: small for VE/PFGM-type
 ``σ_max ≥ 40``, zero for rectified flow when the data are centred, and *not* small for a
 field whose ``t_max`` leaves σ of order 1 — use it only with a prior far from the data.
@@ -37,6 +41,10 @@ A grid of one step with ``final_step`` is just the exact last step (one call; no
 """
 
 from __future__ import annotations
+
+import math
+
+import torch
 
 from unified_ode.solvers.base import Solver
 from unified_ode.solvers.lms import adams_bashforth_weights
@@ -65,8 +73,8 @@ class IPNDM(Solver):
     VARIABLES = ("auto", "t")
 
     def __init__(self, steps: int = 10, *, order: int = 4, variable_step: bool = False,
-                 afs: bool = False, afs_sigma_data: float = 0.0, variable: str = "auto",
-                 **kwargs):
+                 afs: bool = False, afs_sigma_data: float = 0.0, afs_mean=0.0,
+                 variable: str = "auto", **kwargs):
         super().__init__(steps=steps, **kwargs)
         if int(order) not in IPNDM_COEFFICIENTS:
             raise ValueError(f"solver.order must be 1, 2, 3 or 4, got {order}")
@@ -82,6 +90,11 @@ class IPNDM(Solver):
         self.variable_step = bool(variable_step)
         self.afs = bool(afs)
         self.afs_sigma_data = float(afs_sigma_data)
+        if not isinstance(afs_mean, torch.Tensor):
+            afs_mean = float(afs_mean)
+            if not math.isfinite(afs_mean):
+                raise ValueError(f"solver.afs_mean must be finite, got {afs_mean}")
+        self.afs_mean = afs_mean  # μ: a number, or a tensor of one sample's shape
         self.variable = variable
 
     def nfe_for_steps(self, steps: int) -> int:
@@ -101,7 +114,14 @@ class IPNDM(Solver):
         a, s, _ = schedule_arrays(flow.schedule, times, state)
         if i == 0 and self.afs:
             sd2 = self.afs_sigma_data ** 2
-            den = (sd2 * a[0] / (a[0] ** 2 * sd2 + s[0] ** 2)) * x
+            mu = self.afs_mean
+            if isinstance(mu, torch.Tensor):
+                if tuple(mu.shape) != tuple(x.shape[1:]):
+                    raise ValueError(f"solver.afs_mean has shape {tuple(mu.shape)}, but one "
+                                     f"sample has shape {tuple(x.shape[1:])}: pass the mean "
+                                     "of the training set (or a number)")
+                mu = mu.to(dtype=x.dtype, device=x.device)
+            den = mu + (sd2 * a[0] / (a[0] ** 2 * sd2 + s[0] ** 2)) * (x - a[0] * mu)
         else:
             den = flow.denoiser(x, state["t"][i])
         if a[i] == 0:  # σ = ∞: the exact limit of the first-order step; history starts later
@@ -129,6 +149,8 @@ class IPNDM(Solver):
     def describe(self) -> dict:
         return {**super().describe(), "order": self.order, "variable_step": self.variable_step,
                 "afs": self.afs, "afs_sigma_data": self.afs_sigma_data,
+                "afs_mean": (self.afs_mean if isinstance(self.afs_mean, float)
+                             else f"tensor{tuple(self.afs_mean.shape)}"),
                 "variable": self.variable}
 
 
