@@ -57,8 +57,9 @@ OURS = {"ipndm": IPNDM, "unipc": UniPC}
 #: ``ipndm+gits+afs``: iPNDM with the analytic first step (solvers/ipndm.py; ``μ`` = the
 #: training set's mean) on the GITS grid fitted for one step more: the same NFE, one more step
 #: (the first needs no network call).
+#: ``ipndm+opt+afs``: the same, on that grid refined for this solver (``refine_grid``).
 METHODS = ("ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt", "unipc+opt", "ipndm+gits+afs",
-           *PEERS)
+           "ipndm+opt+afs", *PEERS)
 
 
 def load(run: str):
@@ -85,9 +86,10 @@ def samples_for(module, nfe: int, x_T: torch.Tensor, grids: dict, kd, methods,
                                            den.sigmas(default).to(x_T), disable=True)
             out[method] = den.from_k(z, 0.0)
             continue
-        if method == "ipndm+gits+afs":
+        if method.endswith("+afs"):
+            grid = grids[("gits", nfe + 1) if method == "ipndm+gits+afs" else (method, nfe)]
             out[method] = IPNDM(steps=nfe + 1, afs=True, afs_mean=data_mean).solve(
-                flow, x_T, grids[("gits", nfe + 1)]).x
+                flow, x_T, grid).x
             continue
         name, _, kind = method.partition("+")
         grid = {"": default, "gits": grids.get(("gits", nfe)),
@@ -134,6 +136,28 @@ def fit_grids(module, nfe: int, args, methods, parts: Path, log=print) -> tuple[
     return {(k, nfe): v for k, v in grids.items()}, seconds
 
 
+def refine_afs_grid(module, nfe: int, gits_grid, data_mean, args, parts: Path,
+                    log=print) -> torch.Tensor:
+    """The grid of ``ipndm+opt+afs`` at ``nfe``: the GITS grid of ``nfe + 1`` steps refined
+    (:func:`~unified_ode.solvers.gits.refine_grid`) for iPNDM with the analytic first step,
+    on the draws that grid was fitted on; stored under ``parts``."""
+    path = parts / f"grid-ipndm+opt+afs-nfe{nfe}-fit{args.fit_n}-fine{args.fine_points}.json"
+    if path.exists():
+        return torch.tensor(json.loads(path.read_text())["times"], dtype=torch.float64)
+    start = time.perf_counter()
+    x_fit = module.sample_prior(args.fit_n, generator=torch.Generator().manual_seed(
+        10_000 + nfe + 1))  # the draws of the GITS fit at nfe + 1 (fit_grids)
+    solver = IPNDM(steps=nfe + 1, afs=True, afs_mean=data_mean)
+    default = IPNDM(steps=nfe + 1).time_grid(module.field)
+    end = teacher_end(module.flow(), default, x_fit, fine_points=args.fine_points, substeps=2)
+    r = refine_grid(solver, module.flow(), [gits_grid, default], x_fit, end)
+    log(f"  ipndm+opt+afs NFE {nfe}: final error on the fitting draws {r.start_error:.4g} -> "
+        f"{r.error:.4g} ({r.accepted} moves, {time.perf_counter() - start:.0f} s)")
+    path.write_text(json.dumps({"times": r.times.tolist(),
+                                "seconds": time.perf_counter() - start}))
+    return r.times
+
+
 def bench_run(run: str, args, kd, log=print) -> dict:
     module, datamodule = load(run)
     module.eval()
@@ -155,7 +179,7 @@ def bench_run(run: str, args, kd, log=print) -> dict:
     data_mean = train().float().mean(0) if callable(train) else 0.0
     with module.use_ema(True):
         if any("+" in m for m in methods):
-            afs = "ipndm+gits+afs" in methods  # also needs the GITS grid of nfe + 1 steps
+            afs = any(m.endswith("+afs") for m in methods)  # GITS grids of nfe + 1 steps
             for nfe in sorted({*args.nfes, *(n + 1 for n in args.nfes if afs)}):
                 fitted, secs = fit_grids(module, nfe, args,
                                          methods if nfe in args.nfes else [], parts, log)
@@ -163,6 +187,10 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                 results["fit_seconds"][nfe] = secs
                 log(f"  GITS grid NFE {nfe}: "
                     f"{[round(t, 4) for t in grids[('gits', nfe)].tolist()]} ({secs:.1f} s)")
+            if "ipndm+opt+afs" in methods:
+                for nfe in args.nfes:
+                    grids[("ipndm+opt+afs", nfe)] = refine_afs_grid(
+                        module, nfe, grids[("gits", nfe + 1)], data_mean, args, parts, log)
         for seed in range(args.seeds):
             x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
             for nfe in args.nfes:

@@ -33,7 +33,7 @@ def test_trained_solver_benchmark_smoke(tmp_path):
           "--out", str(out), "--threads", "1", "--parts", str(tmp_path / "parts")])
     res = json.loads(out.with_suffix(".json").read_text())[0]
     assert set(res["scores"]) >= {"ipndm", "ipndm+gits", "unipc+gits", "ipndm+opt",
-                                  "unipc+opt", "ipndm+gits+afs"}
+                                  "unipc+opt", "ipndm+gits+afs", "ipndm+opt+afs"}
     # +afs runs on the GITS grid of one step more (fitted too): NFE 4 on a 5-step grid
     assert len(res["grids"]["gits@5"]) == len(res["grids"]["gits@4"]) + 1
     assert len(res["scores"]["ipndm"]["4"]) == 2
