@@ -158,12 +158,48 @@ def refine_afs_grid(module, nfe: int, gits_grid, data_mean, args, parts: Path,
     return r.times
 
 
+def parts_dir(run: str, args) -> Path:
+    """Where the grids and scores of ``run`` are kept (keyed by its resolved path)."""
+    key = hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:10]
+    return Path(args.parts) / f"{Path(run).name}-{key}"
+
+
+def score_path(parts: Path, method: str, nfe: int, seed: int, args) -> Path:
+    return parts / f"{method}-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
+
+
+def reference_path(parts: Path, seed: int, args) -> Path:
+    return (parts / f"reference-ipndm-nfe{args.reference_nfe}-seed{seed}-n{args.n}-"
+            f"{args.extractor}.json")
+
+
+def cached_run(run: str, args) -> dict:
+    """``--report-only``: the results of ``run`` from what ``--parts`` holds, nothing computed
+    (cells without a stored score stay empty)."""
+    module, datamodule = load(run)
+    parts = parts_dir(run, args)
+    images = getattr(datamodule, "kind", None) == "images"
+    results: dict = {"run": run, "field": module.field.name, "scores": {}, "fit_seconds": {},
+                     "metrics": ["FID", "KID"] if images else ["SW", "MMD"], "grids": {}}
+    for seed in range(args.seeds):
+        for nfe in args.nfes:
+            for method in args.methods:
+                path = score_path(parts, method, nfe, seed, args)
+                if path.exists():
+                    results["scores"].setdefault(method, {}).setdefault(str(nfe), []).append(
+                        json.loads(path.read_text()))
+    refs = [json.loads(reference_path(parts, seed, args).read_text())
+            for seed in range(args.seeds) if reference_path(parts, seed, args).exists()]
+    if args.reference_nfe and refs:
+        results["reference"] = {"nfe": args.reference_nfe, "scores": refs}
+    return results
+
+
 def bench_run(run: str, args, kd, log=print) -> dict:
     module, datamodule = load(run)
     module.eval()
     methods = list(args.methods)
-    key = hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:10]
-    parts = Path(args.parts) / f"{Path(run).name}-{key}"
+    parts = parts_dir(run, args)
     parts.mkdir(parents=True, exist_ok=True)
     scorer = SampleScorer(n_samples=args.n, batch_size=args.n, seed=0,
                           extractor=args.extractor, inception_score=False,
@@ -195,12 +231,11 @@ def bench_run(run: str, args, kd, log=print) -> dict:
             x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
             for nfe in args.nfes:
                 todo = [m for m in methods
-                        if not (parts / f"{m}-nfe{nfe}-seed{seed}-n{args.n}-"
-                                f"{args.extractor}.json").exists()]
+                        if not score_path(parts, m, nfe, seed, args).exists()]
                 samples = (samples_for(module, nfe, x_T, grids, kd, todo, data_mean)
                            if todo else {})
                 for method in methods:
-                    path = parts / f"{method}-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
+                    path = score_path(parts, method, nfe, seed, args)
                     if path.exists():
                         entry = json.loads(path.read_text())
                     elif method in samples:
@@ -233,7 +268,7 @@ def reference_scores(module, args, scorer, parts: Path, log=print) -> dict:
     times = solver.time_grid(module.field)
     entries = []
     for seed in range(args.seeds):
-        path = parts / f"reference-ipndm-nfe{nfe}-seed{seed}-n{args.n}-{args.extractor}.json"
+        path = reference_path(parts, seed, args)
         if path.exists():
             entry = json.loads(path.read_text())
         else:
@@ -312,6 +347,8 @@ def main(argv=None) -> None:
     parser.add_argument("--reference-nfe", type=int, default=0,
                         help="also score ipndm at this NFE on the default grid (the model's "
                              "converged score, the floor of every ratio); 0: not scored")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the table from the scores --parts holds; compute nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kd, reason = load_k_diffusion()
@@ -319,7 +356,7 @@ def main(argv=None) -> None:
     results = []
     for run in args.runs:
         print(run, flush=True)
-        results.append(bench_run(run, args, kd))
+        results.append(cached_run(run, args) if args.report_only else bench_run(run, args, kd))
     minutes = (time.perf_counter() - start) / 60
     command = "python bench/solvers_trained.py " + " ".join(sys.argv[1:])
     md = ["# Solver benchmark on trained models: FID/KID vs NFE", "",

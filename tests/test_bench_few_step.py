@@ -51,6 +51,15 @@ def test_trained_solver_benchmark_smoke(tmp_path):
     assert ref["nfe"] == 8 and [e["seed"] for e in ref["scores"]] == [0]
     text = out.with_suffix(".md").read_text()
     assert "reference: ipndm NFE 8" in text and "lowest reachable ratio" in text
+    # --report-only: the same table from the stored scores, nothing computed
+    main(["--runs", str(ROOT / "tests/fixtures/runs_v0/pfgm"), "--n", "32", "--seeds", "2",
+          "--nfes", "4", "--extractor", "random", "--out", str(tmp_path / "report"),
+          "--parts", str(tmp_path / "parts"), "--report-only", "--reference-nfe", "8",
+          "--methods", "ipndm", "unipc+opt", "k_dpmpp_2m"])
+    report = json.loads((tmp_path / "report.json").read_text())[0]
+    assert report["scores"]["ipndm"] == res["scores"]["ipndm"]
+    assert report["scores"]["unipc+opt"] == res["scores"]["unipc+opt"]
+    assert report["reference"] == ref  # seed 1's reference was never scored: not invented
 
 
 @pytest.mark.slow
