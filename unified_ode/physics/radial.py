@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from unified_ode.errors import UserError
 from unified_ode.physics.base import AffineField
-from unified_ode.physics.noise import PROFILES, RadialProfile, RadialProfileNoise
+from unified_ode.physics.radial_noise import PROFILES, RadialProfile, RadialProfileNoise
 
 
 def import_callable(spec, what: str) -> Callable:
