@@ -192,15 +192,34 @@ def bare_heun(model, field, x, times) -> torch.Tensor:
     return x
 
 
+class TrainingBench:
+    """One setup's module and fixed batches, and the training step timed on any side: the
+    bare loop (``"bare"``) or a Lightning variant (:data:`VARIANTS`), each from the same
+    initial weights and seed."""
+
+    def __init__(self, overrides: list[str], steps: int, warmup: int):
+        from unified_ode.app.build import build_module
+
+        cfg = compose(overrides + [f"trainer.max_steps={steps}"])
+        self.module, dm = build_module(cfg)
+        self.clip = cfg.trainer.get("gradient_clip_val")
+        self.batches = fixed_batches(dm, steps)
+        self.warmup = warmup
+        self.initial = copy.deepcopy(self.module.state_dict())
+
+    def seconds_per_step(self, side: str) -> float:
+        torch.manual_seed(0)
+        self.module.load_state_dict(self.initial)
+        self.module.train()  # sampling may have left it in eval mode
+        if side == "bare":
+            return bare_steps(self.module, self.batches, self.warmup, self.clip)
+        return lightning_steps(self.module, self.batches, self.warmup, self.clip, side)
+
+
 def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: int,
             n_samples: int, sample_repeats: int = 5) -> dict:
-    from unified_ode.app.build import build_module
-
-    cfg = compose(overrides + [f"trainer.max_steps={steps}"])
-    module, dm = build_module(cfg)
-    clip = cfg.trainer.get("gradient_clip_val")
-    batches = fixed_batches(dm, steps)
-    initial = copy.deepcopy(module.state_dict())
+    bench = TrainingBench(overrides, steps, warmup)
+    module, batches = bench.module, bench.batches
     x_T = module.sample_prior(n_samples, generator=torch.Generator().manual_seed(0))
     times = module.solver.time_grid(module.field).to(x_T.dtype)
 
@@ -209,13 +228,7 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
         # the side that goes first alternates, so that neither gains from warm caches or
         # allocator state left by the other
         for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
-            torch.manual_seed(0)
-            module.load_state_dict(initial)
-            module.train()  # the sampling below left it in eval mode
-            if which == "ours":
-                ours_t.append(lightning_steps(module, batches, warmup, clip))
-            else:
-                bare_t.append(bare_steps(module, batches, warmup, clip))
+            (ours_t if which == "ours" else bare_t).append(bench.seconds_per_step(which))
         module.eval()
         # a sampling call is short (~0.25 s for toy2d): each round times `sample_repeats`
         # alternating pairs of calls and keeps the median of each side
@@ -247,22 +260,12 @@ def measure_variants(name: str, overrides: list[str], steps: int, warmup: int,
                      rounds: int) -> dict:
     """CPU ms per training step of the bare loop and of each Lightning variant
     (:data:`VARIANTS`), alternated over ``rounds`` rounds (the order rotates); medians."""
-    from unified_ode.app.build import build_module
-
-    cfg = compose(overrides + [f"trainer.max_steps={steps}"])
-    module, dm = build_module(cfg)
-    clip = cfg.trainer.get("gradient_clip_val")
-    batches = fixed_batches(dm, steps)
-    initial = copy.deepcopy(module.state_dict())
+    bench = TrainingBench(overrides, steps, warmup)
     sides = ("bare", *VARIANTS)
     times: dict[str, list[float]] = {s: [] for s in sides}
     for r in range(rounds):
         for which in sides[r % len(sides):] + sides[:r % len(sides)]:
-            torch.manual_seed(0)
-            module.load_state_dict(initial)
-            module.train()
-            times[which].append(bare_steps(module, batches, warmup, clip) if which == "bare"
-                                else lightning_steps(module, batches, warmup, clip, which))
+            times[which].append(bench.seconds_per_step(which))
     return {"setup": name, "ms": {k: 1e3 * statistics.median(v) for k, v in times.items()}}
 
 
