@@ -158,6 +158,15 @@ def refine_afs_grid(module, nfe: int, gits_grid, data_mean, args, parts: Path,
     return r.times
 
 
+def score_entry(scorer, samples: torch.Tensor, seed: int) -> dict:
+    """``{"seed", "fid", "kid"}`` of ``samples``: FID and KID for images; for point clouds
+    (smoke runs) the sliced Wasserstein distance and MMD in those two fields."""
+    m = scorer.score_samples(samples.float())
+    fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
+    kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
+    return {"seed": seed, "fid": float(fid), "kid": float(kid)}
+
+
 def parts_dir(run: str, args) -> Path:
     """Where the grids and scores of ``run`` are kept (keyed by its resolved path)."""
     key = hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:10]
@@ -239,11 +248,7 @@ def bench_run(run: str, args, kd, log=print) -> dict:
                     if path.exists():
                         entry = json.loads(path.read_text())
                     elif method in samples:
-                        m = scorer.score_samples(samples[method].float())
-                        # images: FID, KID; point clouds (smoke runs): sliced Wasserstein, MMD
-                        fid = next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))
-                        kid = next(v for k, v in m.items() if k.startswith(("kid@", "mmd@")))
-                        entry = {"seed": seed, "fid": float(fid), "kid": float(kid)}
+                        entry = score_entry(scorer, samples[method], seed)
                         path.write_text(json.dumps(entry))
                     else:
                         continue
@@ -273,11 +278,7 @@ def reference_scores(module, args, scorer, parts: Path, log=print) -> dict:
             entry = json.loads(path.read_text())
         else:
             x_T = module.sample_prior(args.n, generator=torch.Generator().manual_seed(seed))
-            m = scorer.score_samples(solver.solve(module.flow(), x_T, times).x.float())
-            entry = {"seed": seed,
-                     "fid": float(next(v for k, v in m.items() if k.startswith(("fid@", "sw@")))),
-                     "kid": float(next(v for k, v in m.items()
-                                       if k.startswith(("kid@", "mmd@"))))}
+            entry = score_entry(scorer, solver.solve(module.flow(), x_T, times).x, seed)
             path.write_text(json.dumps(entry))
         log(f"  seed {seed} reference ipndm NFE {nfe}: FID {entry['fid']:.2f} "
             f"KID {entry['kid']:.4f}")
