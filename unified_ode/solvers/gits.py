@@ -188,6 +188,14 @@ def grid_cost(solver: Solver, flow, traj: Tensor, fine: Tensor, grid: Tensor) ->
     return total
 
 
+def _fitting_grids(default: Tensor, fine_points: int) -> tuple[Tensor, bool, Tensor]:
+    """The checked default grid, whether it ends with the exact step to 0, and the fine grid
+    (:func:`nested_fine_grid`) the fit works on."""
+    default = check_grid(default)
+    final = bool(default[-1] == 0)
+    return default, final, nested_fine_grid(default, fine_points, final_step=final)
+
+
 def optimise_grid(solver: Solver, flow, default: Tensor, x_T: Tensor, *,
                   fine_points: int = 64, substeps: int = 4) -> FittedGrid:
     """The GITS grid of ``solver`` (its ``steps`` and ``final_step``) for ``flow`` from the
@@ -195,9 +203,7 @@ def optimise_grid(solver: Solver, flow, default: Tensor, x_T: Tensor, *,
     (``solver.time_grid(field)`` with its default kind), which the fine grid contains."""
     if solver.nfe_for_steps(1) is None:
         raise ValueError(f"solver={solver.name} is adaptive: it has no fixed grid to optimise")
-    default = check_grid(default)
-    final = bool(default[-1] == 0)
-    fine = nested_fine_grid(default, fine_points, final_step=final)
+    default, final, fine = _fitting_grids(default, fine_points)
     intervals = len(default) - 1 - (1 if final else 0)
     if intervals == 0:  # one step, straight to 0: nothing to choose
         return FittedGrid(default.clone(), 0.0, 0.0, default.clone(), len(fine), len(x_T),
@@ -229,9 +235,7 @@ def teacher_end(flow, default: Tensor, x_T: Tensor, *, fine_points: int = 64,
     """What :func:`optimise_grid` stores as ``teacher_end`` for the same arguments (the fine
     reference solution's end, ``(B, *shape)``), without the cost matrix: for refining a stored
     GITS grid (:func:`refine_grid`) without fitting it again."""
-    default = check_grid(default)
-    final = bool(default[-1] == 0)
-    fine = nested_fine_grid(default, fine_points, final_step=final)
+    _, final, fine = _fitting_grids(default, fine_points)
     with torch.no_grad():
         traj, _ = reference_trajectories(flow, x_T, fine, substeps)
         return _teacher_end(flow, traj[-1], fine, final)
