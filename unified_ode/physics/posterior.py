@@ -189,6 +189,7 @@ class IsotropicLogits:
         r = a / s
         self.base = (u * u).sum(1, keepdim=True)
         k = noise.shift_row_factor(self.base[:, 0])
+        self.has_row_factor = k is not None
         rk = r if k is None else r * k
         self.offset = noise.shift_offset(self.dim, x.dtype)
         self.left = u * (-2.0 * rk)[:, None]  # (n, d): the product's left factor
@@ -248,7 +249,7 @@ class IsotropicLogits:
         One host synchronisation (the noise-level check)."""
         slope = self.noise.delta_slope
         if (slope is None or y.device.type != "cpu" or self.dim > ATTENTION_MAX_DIM
-                or self.noise.shift_row_factor(self.base[:, 0]) is not None
+                or self.has_row_factor
                 or not bool((self.ycoef == self.ycoef[0]).all())):
             return None
         bias = (slope * self.ycoef[0]) * y_sqnorm
