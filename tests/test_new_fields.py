@@ -1,9 +1,11 @@
 """bench/new_fields.py --smoke end to end (issue 17): the page, the printed floors equal a
-direct data-vs-data measurement, a rerun reuses everything, a changed run is refused."""
+direct data-vs-data measurement (toy points, and digits images in a feature space), a rerun
+reuses everything, a changed run is refused."""
 
 import json
 
 import pytest
+import torch
 
 from bench.fieldstudy.cli import main
 from bench.fieldstudy.presets import PRESETS
@@ -50,6 +52,23 @@ def test_floor_is_a_direct_data_vs_data_measurement(smoke):
     assert (floors["precision"], floors["recall"]) == (pr["precision"], pr["recall"])
 
 
+def test_stale_cells_are_rescored_and_bits_kept(smoke):
+    """A cached cell scored on another number of points (an older preset) is scored again on
+    the next run; the cached bits/dim is kept, not recomputed."""
+    root, out, _ = smoke
+    path = root / "final" / "checkerboard" / "exppower" / "seed1" / "scores.json"
+    scores = json.loads(path.read_text())
+    scores["cells"]["nfe10"]["n_heavy"] = 7
+    scores["cells"]["nfe10"]["sw"] = -1.0
+    scores["bits"]["mean"] = 123.0          # a marker: recomputing it would overwrite this
+    path.write_text(json.dumps(scores))
+    main(["--smoke", "--root", str(root), "--out", str(out)])
+    again = json.loads(path.read_text())
+    assert again["cells"]["nfe10"]["n_heavy"] == PRESETS["smoke"].n_heavy
+    assert again["cells"]["nfe10"]["sw"] > 0
+    assert again["bits"]["mean"] == 123.0
+
+
 def test_rerun_reuses_and_changed_run_is_refused(smoke):
     root, out, _ = smoke
     marker = root / "final" / "checkerboard" / "ve" / "seed0" / "done.json"
@@ -62,3 +81,50 @@ def test_rerun_reuses_and_changed_run_is_refused(smoke):
     (marker.parent / "scores.json").unlink()
     with pytest.raises(SystemExit, match="other overrides"):
         main(["--smoke", "--root", str(root), "--out", str(out)])
+
+
+def test_digits_leg_floor_and_cells(smoke):
+    """The digits leg: FID/KID/precision/recall cells at both NFE budgets, and its floor is
+    FID and precision/recall of one real half of the digits against the other, measured here
+    directly from the images (the smoke preset's random conv features)."""
+    from unified_ode.data.images import DigitsDataModule
+    from unified_ode.metrics.conditional import image_scores
+    from unified_ode.metrics.features import RandomConvFeatures
+
+    _, out, results = smoke
+    res = results["digits"]
+    assert res["kind"] == "images" and res["primary"] == "fid"
+    assert "| fid nfe10 | kid nfe10 |" in out.read_text()
+    cells = res["fields"]["ve"]["seeds"][0]["cells"]
+    assert cells["nfe10"]["nfe"] <= 10 and cells["nfe35"]["nfe"] <= 35
+    assert all(c["fid"] > 0 and 0 <= c["precision"] <= 1 for c in cells.values())
+
+    leg = PRESETS["smoke"].image
+    dm = DigitsDataModule()
+    everything = torch.cat([dm.train_tensor(), dm.heldout()])
+    order = torch.randperm(len(everything), generator=torch.Generator().manual_seed(REF_SEED))
+    half = len(everything) // 2
+    a = everything[order[:half]][:leg.ref_n]
+    b = everything[order[half:]][:leg.ref_n]
+    extractor = RandomConvFeatures(in_channels=1)
+    direct = image_scores(extractor, a, b, kid_subset_size=leg.kid_subset_size, sync=False)
+    floors = res["floors"]
+    assert abs(floors["fid"] - float(direct["fid"])) < 1e-6 * max(1.0, floors["fid"])
+    pr = precision_recall(extractor(a).double(), extractor(b).double())
+    assert abs(floors["precision"] - pr["precision"]) < 1e-9
+    assert abs(floors["recall"] - pr["recall"]) < 1e-9
+
+
+def test_digits_heldout_sets_are_dequantised_and_disjoint():
+    """Tuning and test images come from the held-out split, each within half a grey level of
+    a lattice value, and do not share an image."""
+    from bench.fieldstudy.scores import DigitsReferences
+    from unified_ode.data.images import DigitsDataModule
+
+    refs = DigitsReferences(PRESETS["smoke"])
+    held = DigitsDataModule().heldout()
+    both = torch.cat([refs.val, refs.test])
+    assert len(both) == len(held)
+    noise = both - held
+    assert float(noise.abs().max()) <= refs.LEVEL / 2 and float(noise.abs().mean()) > 0
+    assert len(refs.val) == PRESETS["smoke"].image.n_val

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -41,20 +42,18 @@ def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_on
     """Tune, retrain, score and diagnose every field on ``dataset``; what is missing (with
     ``report_only``) is left out."""
     from .diagnostics import diagnose
-    from .scores import References, score_run
+    from .scores import references, score_run
 
-    refs = References(dataset, preset)
+    refs = references(dataset, preset)
     floors_path = root / "floors" / f"{dataset}.json"
-    if floors_path.is_file():
-        floors = json.loads(floors_path.read_text())
-    else:
+    floors = json.loads(floors_path.read_text()) if floors_path.is_file() else None
+    if floors is None or floors.get("n_heavy") != refs.n_heavy:
         floors = refs.floors()
         floors_path.parent.mkdir(parents=True, exist_ok=True)
         floors_path.write_text(json.dumps(floors, indent=2))
-    log(f"{dataset}: data-vs-data floor at n={floors['n']}: sw {floors['sw']:.5f}, "
-        f"mmd {floors['mmd']:.3g}, precision {floors['precision']:.4f}, "
-        f"recall {floors['recall']:.4f}")
-    out = {"floors": floors, "fields": {}}
+    log(f"{dataset}: data-vs-data floor at n={floors['n']}: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in floors.items() if isinstance(v, float)))
+    out = {"floors": floors, "fields": {}, "kind": refs.kind, "primary": refs.primary}
     for name in fields:
         spec = FIELDS[name]
         entry = {"new": spec.new}
@@ -76,7 +75,7 @@ def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_on
         first = final_run_dir(root, dataset, name, preset.seeds[0])
         if (first / "done.json").is_file() and (not report_only
                                                 or (first / "diagnostics.json").is_file()):
-            entry["diagnostics"] = diagnose(first, refs.reference, preset.diag_n)
+            entry["diagnostics"] = diagnose(first, refs.diag_points, preset.diag_n)
         out["fields"][name] = entry
     return out
 
@@ -126,9 +125,14 @@ def main(argv=None) -> dict:
                  "wall_seconds": time.perf_counter() - wall0}
         write_report(out, preset, results, [*history, spent], command,
                      pending=[d for d in datasets if d not in results])
+    # read again: another process (other --datasets/--fields) may have finished meanwhile
+    history = json.loads(invocations.read_text()) if invocations.is_file() else []
     history.append({"cpu_seconds": time.process_time() - cpu0,
                     "wall_seconds": time.perf_counter() - wall0,
-                    "report_only": bool(args.report_only)})
-    invocations.write_text(json.dumps(history, indent=2))
+                    "report_only": bool(args.report_only),
+                    "datasets": datasets, "fields": fields})
+    tmp = invocations.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(history, indent=2))
+    tmp.replace(invocations)
     log(f"done: {out}")
     return results

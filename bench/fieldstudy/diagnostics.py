@@ -30,6 +30,11 @@ SIGMA_GRID = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
               200.0, 400.0)
 
 
+def sq_norm(x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` squared norm of each sample of ``x`` ``(B, ...)``."""
+    return x.flatten(1).pow(2).sum(1)
+
+
 @torch.no_grad()
 def diagnose(run_dir: Path, heldout: torch.Tensor, n: int, seed: int = 7) -> dict:
     """The three diagnostics of a trained run on ``n`` of the ``heldout`` points (cached in
@@ -42,12 +47,13 @@ def diagnose(run_dir: Path, heldout: torch.Tensor, n: int, seed: int = 7) -> dic
     run = load_run(run_dir)
     module, field = run.module, run.module.field
     train = run.datamodule.train_tensor().double()
+    shape = train.shape[1:]
     exact = ProbabilityFlow.exact(field, train)
     g = torch.Generator().manual_seed(seed)
     n = min(n, len(heldout))
-    y = heldout[:n].double()
+    y = heldout[:n].double().reshape(n, *shape)
     ref = train[torch.randperm(len(train), generator=g)[:n]]
-    d = y.shape[1]
+    d = y[0].numel()
     out = {"sigma": [], "loss_model": [], "loss_exact": [], "entropy": []}
     for sigma in SIGMA_GRID:
         t = float(field.t_from_sigma(torch.tensor(sigma, dtype=torch.float64)))
@@ -60,15 +66,17 @@ def diagnose(run_dir: Path, heldout: torch.Tensor, n: int, seed: int = 7) -> dic
         model_d = module.flow().denoiser(x.float(), tt.float()).double()
         exact_d = exact.denoiser(x, tt)
         out["sigma"].append(sigma)
-        out["loss_model"].append(float((weight * (model_d - y).pow(2).sum(1)).mean() / d))
-        out["loss_exact"].append(float((weight * (exact_d - y).pow(2).sum(1)).mean() / d))
+        out["loss_model"].append(float((weight.flatten() * sq_norm(model_d - y)).mean() / d))
+        out["loss_exact"].append(float((weight.flatten() * sq_norm(exact_d - y)).mean() / d))
         xq = field.sample_kernel(ref, tt, generator=g)
-        w = torch.softmax(field.pairwise_posterior_logits(xq, ref, tt), dim=1)
+        w = torch.softmax(field.pairwise_posterior_logits(xq.flatten(1), ref.flatten(1), tt),
+                          dim=1)
         ent = -(w * torch.log(w.clamp_min(1e-300))).sum(1) / math.log(len(ref))
         out["entropy"].append(float(ent.mean()))
     tmax = torch.full((n,), field.t_max, dtype=torch.float64)
     x = field.sample_kernel(ref, tmax, generator=g)
-    log_mix = torch.logsumexp(field.pairwise_kernel_log_prob(x, ref, tmax), dim=1) \
+    log_mix = torch.logsumexp(field.pairwise_kernel_log_prob(x.flatten(1), ref.flatten(1),
+                                                             tmax), dim=1) \
         - math.log(len(ref))
     kl = (log_mix - field.prior_log_prob(x)).double()
     out["prior_kl_nats"] = float(kl.mean())

@@ -1,5 +1,5 @@
-"""What is compared and how much each field gets: the fields with their search spaces, and the
-presets (``smoke``, ``small``, ``full``).
+"""What is compared and how much each field gets: the fields with their search spaces, the
+image leg (8×8 digits) and the presets (``smoke``, ``small``, ``medium``, ``full``).
 
 A field's search space is a list of knobs ``(override key, kind, low, high)`` (``kind``:
 ``log`` / ``float`` for a range, ``cat`` for a list of choices in ``low``). Every field tunes
@@ -51,6 +51,29 @@ BASELINES = ("ve", "pfgmpp_D128")
 
 TOY_NETWORK = ("network=mlp", "network.width=128", "network.depth=3")
 
+#: the image data set of the study (scikit-learn's 8×8 digits, offline)
+DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class ImageLeg:
+    """Budgets and scoring of the digits leg (its own network and step counts; the tuning
+    budget is still identical for every field). ``n``: generated images per sampling setting
+    (FID/KID/precision/recall); the reference is one seeded half of all 1,797 digits and the
+    floor is the other half against it (``ref_n``: fewer of each, for a pipeline check);
+    ``extractor``: ``inception`` (the standard FID network) or ``random`` (untrained conv
+    features, a seconds-long pipeline check only); ``n_val``: held-out images of the tuning
+    objective (the rest of the held-out split is the test set of the final bits/dim)."""
+    network: tuple[str, ...] = ("network=mlp", "network.width=256", "network.depth=3")
+    extra: tuple[str, ...] = ("dataset.batch_size=128",)
+    trial_steps: int = 400
+    final_steps: int = 2000
+    n: int = 1000
+    ref_n: int | None = None
+    extractor: str = "inception"
+    n_val: int = 90
+    kid_subset_size: int = 500
+
 
 @dataclass
 class Preset:
@@ -80,31 +103,43 @@ class Preset:
     diag_n: int = 1000
     notes: str = ""
     tune_seed: int = 0
-    sizes: dict = field(default_factory=dict)
+    #: the digits leg's budgets (used when ``"digits"`` is among the data sets)
+    image: ImageLeg = field(default_factory=ImageLeg)
+
+    def steps(self, dataset: str) -> tuple[int, int]:
+        """``(trial_steps, final_steps)`` on ``dataset``."""
+        if dataset == DIGITS:
+            return self.image.trial_steps, self.image.final_steps
+        return self.trial_steps, self.final_steps
 
 
 TOYS = ("checkerboard", "eight_gaussians", "moons")
+ALL_DATA = (*TOYS, DIGITS)
 
 PRESETS = {
-    "smoke": Preset("smoke", ("checkerboard",), ("ve", "exppower"), trials=1, trial_steps=10,
+    "smoke": Preset("smoke", ("checkerboard", DIGITS), ("ve", "exppower"), trials=1, trial_steps=10,
                     seeds=(0, 1), final_steps=10, n=400, n_heavy=300, nll_n=40,
                     tune_nll_n=40,
                     network=("network=mlp", "network.width=32", "network.depth=1"),
                     extra=("dataset.n_train=2048", "dataset.batch_size=128"), diag_n=100,
+                    image=ImageLeg(network=("network=mlp", "network.width=32",
+                                            "network.depth=1"),
+                                   trial_steps=10, final_steps=10, n=48, ref_n=48,
+                                   extractor="random", n_val=12, kid_subset_size=24),
                     notes="a pipeline check (seconds), not a measurement"),
-    "small": Preset("small", TOYS, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
-                    final_steps=250, n=10_000, n_heavy=2000, nll_n=500, tune_nll_n=200,
+    "small": Preset("small", ALL_DATA, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
+                    final_steps=250, n=10_000, nll_n=500, tune_nll_n=200,
                     diag_n=500,
                     notes="sized for ~4 CPU-minutes of one core per data set, what a shared "
                     "machine under load ~10 allowed in one hour"),
-    "medium": Preset("medium", TOYS, tuple(FIELDS), trials=6,
+    "medium": Preset("medium", ALL_DATA, tuple(FIELDS), trials=6,
                      trial_steps=300, seeds=(0, 1, 2),
-                     final_steps=1000, n=10_000, n_heavy=2000, nll_n=1000, tune_nll_n=300,
+                     final_steps=1000, n=10_000, nll_n=1000, tune_nll_n=300,
                      diag_n=1000,
                      notes="between small and full: 6 tuning trials (5 random, then TPE) per "
                      "field; measured 2026-12-02: the three data sets in 35 min wall as two "
                      "parallel processes (--datasets) on 2 cores, the runs' own CPU time 26 min"),
-    "full": Preset("full", TOYS, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
+    "full": Preset("full", ALL_DATA, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
                    final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500,
                    notes="~80 CPU-minutes of one core (estimated from the small preset's "
                    "per-run costs): fits a 3-hour session on 2 cores"),

@@ -1,5 +1,6 @@
 """The page ``docs/new_fields.md``: protocol, tables (mean ± std over seeds, with floors),
-diagnostic figures, and the verdict on issue 17's target, computed from the numbers."""
+diagnostic figures, and the verdict on issue 17's target, computed from the numbers; then the
+hand-written interpretation kept beside the page (``<page stem>_why.md``), when there is one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import numpy as np
 from .presets import BASELINES, Preset
 from .runs import short_params
 
-LOWER = {"bits": True, "sw": True, "mmd": True, "precision": False, "recall": False}
+LOWER = {"bits": True, "sw": True, "mmd": True, "fid": True, "kid": True, "precision": False,
+         "recall": False}
+#: the table's sample-metric columns per kind of data: (metric, significant digits)
+COLUMNS = {"points": (("sw", 3), ("mmd", 2)), "images": (("fid", 3), ("kid", 2))}
+
+
+def primary(res: dict) -> str:
+    """The sample metric of a data set's verdict (``sw`` on points, ``fid`` on images)."""
+    return res.get("primary", "sw")
 
 
 def seed_values(entry: dict, cell: str | None, metric: str) -> list[float]:
@@ -51,14 +60,15 @@ def beats(new: list[float], old: list[float], lower: bool) -> bool:
 
 def verdict(results: dict, preset: Preset) -> dict:
     """Per data set and metric, which new fields beat both baselines by more than the seed
-    spread; the target is met when one field does so on ≥ 2 data sets (on bits/dim, the
-    primary metric, or on sw at NFE ≤ 10)."""
-    metrics = [("bits", None, "bits")] + [(f"sw {c[0]}", c[0], "sw") for c in preset.cells]
+    spread; the target is met when one field does so on ≥ 2 data sets (on bits/dim, or on
+    the data set's primary sample metric — sw on points, FID on images — at NFE ≤ 10)."""
     table = {}
     for ds, res in results.items():
         fields = res["fields"]
         if not all(b in fields for b in BASELINES):
             continue
+        metrics = [("bits", None, "bits")] + [(f"sample {c[0]}", c[0], primary(res))
+                                              for c in preset.cells]
         for label, cell, metric in metrics:
             winners = []
             for name, entry in fields.items():
@@ -70,7 +80,7 @@ def verdict(results: dict, preset: Preset) -> dict:
                     winners.append(name)
             table.setdefault(label, {})[ds] = winners
     met = {}
-    for label in ("bits", f"sw {preset.cells[0][0]}"):
+    for label in ("bits", f"sample {preset.cells[0][0]}"):
         counts = {}
         for winners in table.get(label, {}).values():
             for w in winners:
@@ -109,9 +119,10 @@ def reading(results: dict, preset: Preset) -> list[str]:
                         seed_values(fields[second], None, "bits"), True)
             text += (f"; {best} leads {second} by " + ("more" if sep else "less")
                      + " than the seed spread")
-        floor = res["floors"]["sw"]
-        ratios = {n: mean_std(seed_values(e, c0, "sw"))[0] / floor for n, e in fields.items()}
-        text += (f". sw at {c0} is {min(ratios.values()):.1f}–{max(ratios.values()):.1f}× "
+        m = primary(res)
+        floor = res["floors"][m]
+        ratios = {n: mean_std(seed_values(e, c0, m))[0] / floor for n, e in fields.items()}
+        text += (f". {m} at {c0} is {min(ratios.values()):.1f}–{max(ratios.values()):.1f}× "
                  f"its floor ({floor:.3g})")
         ep = res["fields"].get("exppower", {}).get("tune")
         if ep:
@@ -195,68 +206,99 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
     if pending:
         lines += [f"**Incomplete:** the data set(s) {', '.join(pending)} had not finished "
                   "when this page was written; they are left out.", ""]
+    toys = [ds for ds, r in results.items() if r.get("kind", "points") == "points"]
+    images = [ds for ds, r in results.items() if r.get("kind") == "images"]
+    leg = preset.image
     lines += [
         "## Protocol",
         "",
-        f"* Data: 2-D toy sets {', '.join(results) or '—'} (standardised; training set: "
+        f"* Toy data: 2-D sets {', '.join(toys) or '—'} (standardised; training set: "
         "50,000 points, seed 0). Validation, test, reference and floor points are fresh "
-        "draws of the true law (other seeds).",
-        f"* Network: {' '.join(preset.network)}; Adam, batch 512, gradient clip 1 (train.py's "
-        f"defaults; preset overrides: {' '.join(preset.extra) or 'none'}); the EMA weights "
-        "are scored.",
-        f"* **Tuning, the same for every field**: Optuna TPE (seed {preset.tune_seed}), "
-        f"{preset.trials} trials × {preset.trial_steps} steps (training seed "
-        f"{preset.tune_seed}); objective: held-out bits/dim on {preset.tune_nll_n} "
-        "validation points. Knobs: every field tunes `optim.lr` [5e-4, 8e-3] (log), "
+        "draws of the true law (other seeds). Network: "
+        f"{' '.join(preset.network)}; Adam, batch 512, gradient clip 1 (train.py's "
+        f"defaults; preset overrides: {' '.join(preset.extra) or 'none'}).",
+    ]
+    if images:
+        lines.append(
+            "* Image data: scikit-learn's 8×8 digits (1,797 images; training split 90 %, "
+            f"held-out 10 %, conf/dataset/digits.yaml). Network: {' '.join(leg.network)} "
+            f"({' '.join(leg.extra)}): the same small network for every field, chosen so "
+            "that exact-divergence bits/dim stays affordable (a U-Net needs minutes per "
+            "likelihood evaluation on this machine).")
+    lines += [
+        "* The EMA weights are scored.",
+        f"* **Tuning, the same for every field**: Optuna TPE (seed {preset.tune_seed}; the "
+        "sampler of conf/hparams_search/optuna.yaml, run in-process because the objective, "
+        "held-out bits/dim, is not a metric train.py logs), "
+        f"{preset.trials} trials × {preset.trial_steps} steps on toys"
+        + (f", × {leg.trial_steps} on digits" if images else "")
+        + f" (training seed {preset.tune_seed}); objective: held-out bits/dim on "
+        f"{preset.tune_nll_n} validation points"
+        + (f" ({leg.n_val} dequantised held-out images on digits)" if images else "")
+        + ". Knobs: every field tunes `optim.lr` [5e-4, 8e-3] (log), "
         "`callbacks.ema.half_life_images` [1e4, 1e6] (log), `physics.train_p_mean` "
         "[−2, 0.5], `physics.train_p_std` [0.8, 2] and `physics.t_max` (log; ve, "
         "pfgmpp_D128, exppower [5, 160]; poisson [10, 400]; radial [20, 400]); radial also "
         "its profile {tanh, exp}, exppower its tail index β [0.5, 8] (log). PFGM++ keeps "
         "D = 128 (the baseline the target names).",
         f"* **Retraining**: the best trial's setting, seeds {list(preset.seeds)}, "
-        f"{preset.final_steps} steps each.",
+        f"{preset.final_steps} steps each on toys"
+        + (f", {leg.final_steps} on digits" if images else "") + ".",
         f"* **Scores** (mean ± std over seeds): bits/dim of {preset.nll_n} fresh test points "
         "(probability-flow ODE, exact divergence, dopri5 rtol = atol = 1e-4; the density at "
         "t_min, as `sample.py task=likelihood`); at NFE ≤ 10 (" + cells[0][1]
         + f", {cells[0][2]} steps) and NFE ≤ 35 ({cells[1][1]}, {cells[1][2]} steps): "
         f"n = {preset.n:,} samples (fixed prior noise) against n = {preset.n:,} fresh "
         f"reference points — sliced W2 (`sw`, all n), MMD² (Gaussian kernels, 5 bandwidths) "
-        f"and improved precision/recall (k = 3) on the first {preset.n_heavy or preset.n:,} "
-        "of each. **Floor**: each sample metric for "
+        "and improved precision/recall (k = 3) on "
+        + (f"the first {preset.n_heavy:,} of each" if preset.n_heavy else "all n")
+        + ". **Floor**: each sample metric for "
         f"another {preset.n:,} fresh data points against the same reference — what a "
         "perfect model scores.",
-        "* Not included: 8×8 digits (FID/KID at n ≥ 1000). The Inception pass costs ~190 s per "
-        "1000 images on one thread here, so scoring alone (5 fields × 3 seeds × 2 NFE budgets) "
-        "would take ~95 min of one core on top of the `--full` preset's ~80: it does not fit "
-        "a 3-hour session on 2 cores.",
+    ]
+    if images:
+        fl = results[images[0]]["floors"]
+        lines.append(
+            f"* **Digits scores**: bits/dim of the other {fl.get('n_test', 'held-out')} "
+            "held-out images, dequantised (uniform noise of one grey level, 1/8, added "
+            f"once with a fixed seed); at both NFE budgets n = {leg.n:,} generated images "
+            f"against a reference of {fl['n']} real digits (a seeded half of all 1,797), in "
+            f"the feature space of {fl['extractor']}: FID, KID (subsets of "
+            f"{leg.kid_subset_size}) and improved precision/recall (k = 3). **Floor**: the "
+            f"other {fl['n_floor']} digits against the same reference. The training split "
+            "overlaps both halves, so a model that memorised it would score near the floor.")
+    lines += [
         "* **Verdict rule** (issue 17's target): a new field (radial, exppower) beats a "
         "baseline on a metric when its mean is better by more than the larger of the two "
-        "seed standard deviations; the target needs both baselines beaten on ≥ 2 data sets.",
+        "seed standard deviations; the target needs both baselines beaten on ≥ 2 data sets "
+        "(on bits/dim, or on the primary sample metric at NFE ≤ 10: sw on toys, FID on "
+        "digits).",
         "",
         "## Results",
         "",
     ]
     for ds, res in results.items():
         fl = res["floors"]
+        columns = COLUMNS[res.get("kind", "points")]
         lines += [f"### {ds}", "",
                   "| field | best-of-budget (val bits/dim) | bits/dim (test) | "
-                  + " | ".join(f"sw {c[0]} | mmd {c[0]} | P / R {c[0]}" for c in cells)
-                  + " |",
-                  "|---|---|---|" + "---|---|---|" * len(cells)]
+                  + " | ".join(" | ".join(f"{m} {c[0]}" for m, _ in columns)
+                               + f" | P / R {c[0]}" for c in cells) + " |",
+                  "|---|---|---|" + ("---|" * (len(columns) + 1)) * len(cells)]
         for name, e in res["fields"].items():
             if "tune" not in e:
                 continue
             row = [f"**{name}**" if e["new"] else name, f"{e['tune']['best_value']:.4f}",
                    fmt(seed_values(e, None, "bits"))]
             for c in cells:
-                row += [fmt(seed_values(e, c[0], "sw"), 3), fmt(seed_values(e, c[0], "mmd"), 2),
-                        fmt(seed_values(e, c[0], "precision"), 3) + " / "
-                        + fmt(seed_values(e, c[0], "recall"), 3)]
+                row += [fmt(seed_values(e, c[0], m), digits) for m, digits in columns]
+                row.append(fmt(seed_values(e, c[0], "precision"), 3) + " / "
+                           + fmt(seed_values(e, c[0], "recall"), 3))
             lines.append("| " + " | ".join(row) + " |")
         floor_row = ["floor (data vs data)", "—", "—"]
         for _ in cells:
-            floor_row += [f"{fl['sw']:.3g}", f"{fl['mmd']:.2g}",
-                          f"{fl['precision']:.3f} / {fl['recall']:.3f}"]
+            floor_row += [f"{fl[m]:.{digits}g}" for m, digits in columns]
+            floor_row.append(f"{fl['precision']:.3f} / {fl['recall']:.3f}")
         lines.append("| " + " | ".join(floor_row) + " |")
         lines += ["", "Best settings (tuned):", ""]
         for name, e in res["fields"].items():
@@ -280,6 +322,10 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
     lines += ["", "Target (one new field beats both on ≥ 2 data sets): "
               + "; ".join(f"{label}: {', '.join(w) if w else 'not met'}"
                           for label, w in v["met"].items()), ""]
+    commentary = out.parent / f"{out.stem}_why.md"
+    if commentary.is_file():
+        lines += [f"## Why: reading the diagnostics (hand-written, {commentary.name})", "",
+                  commentary.read_text().strip(), ""]
     out.write_text("\n".join(lines) + "\n")
     data = {"preset": preset.name, "results": results, "verdict": v,
             "invocations": invocations, "command": command, "figures": figs}

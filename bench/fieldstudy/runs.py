@@ -16,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from .presets import FieldSpec, Preset
+from .presets import DIGITS, FieldSpec, Preset
 
 ROOT = Path(__file__).resolve().parents[2]
 DONE = "done.json"
@@ -33,8 +33,12 @@ def base_overrides(preset: Preset, dataset: str, spec: FieldSpec, steps: int,
     """train.py overrides shared by the tuning trials and the final runs (before the tuned
     values): data set, network, field, quiet training (no logger, no in-training metrics or
     figures; the EMA and checkpoint callbacks stay), budget and seed."""
-    return ["dataset=toy2d", f"dataset.name={dataset}", *preset.network, *spec.overrides,
-            *preset.extra, "logger=none", "~callbacks.metrics", "~callbacks.best",
+    if dataset == DIGITS:
+        data = ["dataset=digits", *preset.image.network, *spec.overrides, *preset.image.extra]
+    else:
+        data = ["dataset=toy2d", f"dataset.name={dataset}", *preset.network, *spec.overrides,
+                *preset.extra]
+    return [*data, "logger=none", "~callbacks.metrics", "~callbacks.best",
             "~callbacks.figures", "~callbacks.progress", "+trainer.enable_progress_bar=false",
             f"callbacks.checkpoint.every_n_train_steps={max(steps, 1)}",
             f"trainer.max_steps={steps}", f"seed={seed}"]
@@ -119,7 +123,7 @@ def suggest(trial, spec: FieldSpec) -> dict:
 
 def tune(root: Path, preset: Preset, dataset: str, spec: FieldSpec, val_points) -> dict:
     """The Optuna study of one (data set, field): ``preset.trials`` trials of
-    ``preset.trial_steps`` steps (seed ``preset.tune_seed``), objective = held-out bits/dim
+    ``preset.steps(dataset)[0]`` steps (seed ``preset.tune_seed``), objective = held-out bits/dim
     on ``val_points`` (fresh draws, not the test set). Returns ``{"best_params", "best_value",
     "trials": [...], "cpu_seconds"}``."""
     import optuna
@@ -136,10 +140,11 @@ def tune(root: Path, preset: Preset, dataset: str, spec: FieldSpec, val_points) 
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     cpu = time.process_time()
+    steps = preset.steps(dataset)[0]
 
     def objective(trial):
         params = suggest(trial, spec)
-        over = [*base_overrides(preset, dataset, spec, preset.trial_steps, preset.tune_seed),
+        over = [*base_overrides(preset, dataset, spec, steps, preset.tune_seed),
                 *param_overrides(params)]
         run_dir = sdir / f"trial{trial.number}"
         info = train(run_dir, over)
@@ -153,7 +158,7 @@ def tune(root: Path, preset: Preset, dataset: str, spec: FieldSpec, val_points) 
 
     if done < preset.trials:
         log(f"tune {dataset}/{spec.name}: {preset.trials - done} trial(s) of "
-            f"{preset.trial_steps} steps ({done} done)")
+            f"{steps} steps ({done} done)")
         study.optimize(objective, n_trials=preset.trials - done)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = min(complete, key=lambda t: t.value)
@@ -169,9 +174,9 @@ def final_run_dir(root: Path, dataset: str, field: str, seed: int) -> Path:
 
 def train_final(root: Path, preset: Preset, dataset: str, spec: FieldSpec, params: dict,
                 seed: int) -> tuple[Path, dict]:
-    """The best setting retrained with ``seed`` for ``preset.final_steps`` steps."""
+    """The best setting retrained with ``seed`` for ``preset.steps(dataset)[1]`` steps."""
     run_dir = final_run_dir(root, dataset, spec.name, seed)
-    over = [*base_overrides(preset, dataset, spec, preset.final_steps, seed),
+    over = [*base_overrides(preset, dataset, spec, preset.steps(dataset)[1], seed),
             *param_overrides(params)]
     log(f"final {dataset}/{spec.name}/seed{seed}")
     return run_dir, train(run_dir, over)
