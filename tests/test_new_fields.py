@@ -40,6 +40,27 @@ def test_page_tables_and_json(smoke):
     assert diag["entropy"][0] < diag["entropy"][-1]  # sharp near the data, flat near the prior
 
 
+def test_beta_slice_runs_every_beta_and_seed(smoke):
+    """The exppower slice: every β of the preset with every seed at exppower's tuned knobs
+    (β replaced), a table row per β and the figure."""
+    root, out, results = smoke
+    preset = PRESETS["smoke"]
+    for ds in preset.datasets:
+        sweep = results[ds]["sweep"]
+        assert sweep["betas"] == [f"{b:g}" for b in preset.beta_sweep]
+        assert all(set(sweep["runs"][b]) == {str(s) for s in preset.seeds}
+                   for b in sweep["betas"])
+        tuned = results[ds]["fields"]["exppower"]["tune"]["best_params"]
+        assert sweep["params"] == {k: v for k, v in tuned.items() if k != "physics.beta"}
+        done = json.loads((root / "sweep" / ds / "beta2" / "seed0" / "done.json").read_text())
+        assert "physics.beta=2.0" in done["overrides"]
+    assert ("points" == results["checkerboard"]["kind"]
+            and "sw" in results["checkerboard"]["sweep"]["runs"]["1"]["0"]["cell"])
+    text = out.read_text()
+    assert "### checkerboard: β slice" in text and "| 2 |" in text
+    assert (out.parent / "page_beta_slice.png").is_file()
+
+
 def test_floor_is_a_direct_data_vs_data_measurement(smoke):
     _, _, results = smoke
     n, heavy = PRESETS["smoke"].n, PRESETS["smoke"].n_heavy

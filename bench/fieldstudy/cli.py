@@ -1,6 +1,7 @@
 """The command line of ``python bench/new_fields.py``: per data set, tune every field, retrain
-each best setting with every seed, score, diagnose; the report is rewritten after each data set
-(so a stopped study still leaves a labelled page of what finished)."""
+each best setting with every seed, score, diagnose, then slice the exppower family along β
+(:mod:`.sweep`); the report is rewritten after each data set (so a stopped study still leaves a
+labelled page of what finished)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .presets import FIELDS, PRESETS
 from .runs import ROOT, final_run_dir, log, train_final, tune
+from .sweep import SWEEP_FIELD, family_sweep
 
 
 def parse_args(argv=None):
@@ -77,6 +79,10 @@ def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_on
                                                 or (first / "diagnostics.json").is_file()):
             entry["diagnostics"] = diagnose(first, refs.diag_points, preset.diag_n)
         out["fields"][name] = entry
+    tuned = out["fields"].get(SWEEP_FIELD, {}).get("tune")
+    if preset.beta_sweep and tuned:
+        out["sweep"] = family_sweep(root, preset, dataset, refs, tuned["best_params"],
+                                    report_only)
     return out
 
 

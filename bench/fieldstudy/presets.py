@@ -105,6 +105,8 @@ class Preset:
     tune_seed: int = 0
     #: the digits leg's budgets (used when ``"digits"`` is among the data sets)
     image: ImageLeg = field(default_factory=ImageLeg)
+    #: tail indices of the exppower slice (bench/fieldstudy/sweep.py); empty: no slice
+    beta_sweep: tuple[float, ...] = ()
 
     def steps(self, dataset: str) -> tuple[int, int]:
         """``(trial_steps, final_steps)`` on ``dataset``."""
@@ -115,6 +117,8 @@ class Preset:
 
 TOYS = ("checkerboard", "eight_gaussians", "moons")
 ALL_DATA = (*TOYS, DIGITS)
+#: the exppower slice of the medium and full presets (2 = VE)
+BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)
 
 PRESETS = {
     "smoke": Preset("smoke", ("checkerboard", DIGITS), ("ve", "exppower"), trials=1, trial_steps=10,
@@ -126,6 +130,7 @@ PRESETS = {
                                             "network.depth=1"),
                                    trial_steps=10, final_steps=10, n=48, ref_n=48,
                                    extractor="random", n_val=12, kid_subset_size=24),
+                    beta_sweep=(1.0, 2.0),
                     notes="a pipeline check (seconds), not a measurement"),
     "small": Preset("small", ALL_DATA, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
                     final_steps=250, n=10_000, nll_n=500, tune_nll_n=200,
@@ -135,12 +140,12 @@ PRESETS = {
     "medium": Preset("medium", ALL_DATA, tuple(FIELDS), trials=6,
                      trial_steps=300, seeds=(0, 1, 2),
                      final_steps=1000, n=10_000, nll_n=1000, tune_nll_n=300,
-                     diag_n=1000,
+                     diag_n=1000, beta_sweep=BETAS,
                      notes="between small and full: 6 tuning trials (5 random, then TPE) per "
                      "field; measured 2026-12-02: the three data sets in 35 min wall as two "
                      "parallel processes (--datasets) on 2 cores, the runs' own CPU time 26 min"),
     "full": Preset("full", ALL_DATA, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
-                   final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500,
+                   final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500, beta_sweep=BETAS,
                    notes="~80 CPU-minutes of one core (estimated from the small preset's "
                    "per-run costs): fits a 3-hour session on 2 cores"),
 }

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .presets import BASELINES, Preset
-from .runs import short_params
+from .runs import hparams_search_sweeper, short_params
+from .stats import beats, fmt, mean_std
+from .sweep import slice_section
 
 LOWER = {"bits": True, "sw": True, "mmd": True, "fid": True, "kid": True, "precision": False,
          "recall": False}
@@ -31,31 +33,6 @@ def seed_values(entry: dict, cell: str | None, metric: str) -> list[float]:
         v = s["bits"]["mean"] if cell is None else s["cells"][cell][metric]
         out.append(float(v))
     return out
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    if len(arr) == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
-
-
-def fmt(values: list[float], digits: int = 4) -> str:
-    m, s = mean_std(values)
-    if not values:
-        return "—"
-    if not math.isfinite(m):
-        return str(m)
-    return f"{m:.{digits}g}" + ("" if math.isnan(s) else f" ± {s:.2g}")
-
-
-def beats(new: list[float], old: list[float], lower: bool) -> bool:
-    """``new`` better than ``old`` by more than the larger seed spread (std over seeds)."""
-    if len(new) < 2 or len(old) < 2:
-        return False
-    (mn, sn), (mo, so) = mean_std(new), mean_std(old)
-    gap = (mo - mn) if lower else (mn - mo)
-    return bool(gap > max(sn, so))
 
 
 def verdict(results: dict, preset: Preset) -> dict:
@@ -185,6 +162,13 @@ def figures(out: Path, results: dict) -> list[str]:
     return names
 
 
+def sampler_text() -> str:
+    """``TPESampler, seed 0, 5 random start-up trials`` from conf/hparams_search/optuna.yaml."""
+    sampler = hparams_search_sweeper().sampler
+    return (f"{sampler._target_.rsplit('.', 1)[-1]}, seed {sampler.seed}, "
+            f"{sampler.n_startup_trials} random start-up trials")
+
+
 def write_report(out: Path, preset: Preset, results: dict, invocations: list, command: str,
                  pending: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,9 +211,10 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
             "likelihood evaluation on this machine).")
     lines += [
         "* The EMA weights are scored.",
-        f"* **Tuning, the same for every field**: Optuna TPE (seed {preset.tune_seed}; the "
-        "sampler of conf/hparams_search/optuna.yaml, run in-process because the objective, "
-        "held-out bits/dim, is not a metric train.py logs), "
+        "* **Tuning, the same for every field**: Optuna with the sampler of `python train.py "
+        f"hparams_search=optuna` (conf/hparams_search/optuna.yaml: {sampler_text()}; the "
+        "trials run in-process because their objective, held-out bits/dim, is not a metric "
+        "train.py returns), "
         f"{preset.trials} trials × {preset.trial_steps} steps on toys"
         + (f", × {leg.trial_steps} on digits" if images else "")
         + f" (training seed {preset.tune_seed}); objective: held-out bits/dim on "
@@ -313,6 +298,7 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
         nf = sum(c.get("nonfinite", 0) for e in res["fields"].values()
                  for s in e.get("seeds", {}).values() for c in s["cells"].values())
         lines += [f"Non-finite samples (left out of the sample metrics): {nf}.", ""]
+    lines += slice_section(out, results, LOWER)
     lines += ["## Reading the numbers (computed from the tables)", "", *reading(results, preset)]
     lines += ["## Verdict (computed)", ""]
     for label, per_ds in v["table"].items():

@@ -121,21 +121,33 @@ def suggest(trial, spec: FieldSpec) -> dict:
     return params
 
 
+def hparams_search_sweeper():
+    """``hydra.sweeper`` of conf/hparams_search/optuna.yaml: the study tunes with the sampler
+    (TPE, its seed and start-up trials) and direction that ``python train.py
+    hparams_search=optuna`` uses; the trials run in this process because their objective,
+    held-out bits/dim, is not a metric train.py returns."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(ROOT / "conf" / "hparams_search" / "optuna.yaml").hydra.sweeper
+
+
 def tune(root: Path, preset: Preset, dataset: str, spec: FieldSpec, val_points) -> dict:
     """The Optuna study of one (data set, field): ``preset.trials`` trials of
-    ``preset.steps(dataset)[0]`` steps (seed ``preset.tune_seed``), objective = held-out bits/dim
+    ``preset.steps(dataset)[0]`` steps (training seed ``preset.tune_seed``; the sampler of
+    :func:`hparams_search_sweeper`), objective = held-out bits/dim
     on ``val_points`` (fresh draws, not the test set). Returns ``{"best_params", "best_value",
     "trials": [...], "cpu_seconds"}``."""
     import optuna
+    from hydra.utils import instantiate
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sdir = root / "tune" / dataset / spec.name
     sdir.mkdir(parents=True, exist_ok=True)
+    sweeper = hparams_search_sweeper()
     study = optuna.create_study(
         study_name=f"{dataset}-{spec.name}", storage=f"sqlite:///{sdir / 'optuna.db'}",
-        load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=preset.tune_seed,
-                                           n_startup_trials=min(5, preset.trials)))
+        load_if_exists=True, direction=sweeper.direction,
+        sampler=instantiate(sweeper.sampler))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
