@@ -149,3 +149,22 @@ def test_digits_heldout_sets_are_dequantised_and_disjoint():
     noise = both - held
     assert float(noise.abs().max()) <= refs.LEVEL / 2 and float(noise.abs().mean()) > 0
     assert len(refs.val) == PRESETS["smoke"].image.n_val
+
+
+def test_jobs_runs_units_in_parallel_and_writes_the_same_page(tmp_path):
+    """``--jobs 2``: every (data set, field) unit as its own process, then one page with every
+    data set and field; each unit's invocation is recorded as a unit."""
+    out = tmp_path / "page.md"
+    results = main(["--smoke", "--jobs", "2", "--root", str(tmp_path), "--out", str(out)])
+    preset = PRESETS["smoke"]
+    assert set(results) == set(preset.datasets)
+    for ds in preset.datasets:
+        assert set(results[ds]["fields"]) == set(preset.fields)
+        assert all(len(e["seeds"]) == len(preset.seeds) for e in results[ds]["fields"].values())
+    history = json.loads((tmp_path / "invocations.json").read_text())
+    units = [h for h in history if h["unit"]]
+    assert len(units) == len(preset.datasets) * len(preset.fields)
+    assert [h["jobs"] for h in history if not h["unit"]] == [2]
+    assert "| **exppower** |" in out.read_text()
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
+        f"{ds}-{f}.log" for ds in preset.datasets for f in preset.fields)

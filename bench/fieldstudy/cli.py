@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from .parallel import UNIT_ENV
 from .presets import FIELDS, PRESETS
 from .runs import ROOT, final_run_dir, log, train_final, tune
 from .sweep import SWEEP_FIELD, family_sweep
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--fields", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument("--report-only", action="store_true", help="no training: rewrite the page "
                    "from the finished runs")
+    p.add_argument("--jobs", type=int, default=1, help="run the (data set, field) units as "
+                   "this many parallel processes, then write the page (2 on a 2-core machine)")
     args = p.parse_args(argv)
     if args.full:
         args.preset = "full"
@@ -39,12 +42,9 @@ def parse_args(argv=None):
     return args
 
 
-def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_only: bool
-                  ) -> dict:
-    """Tune, retrain, score and diagnose every field on ``dataset``; what is missing (with
-    ``report_only``) is left out."""
-    from .diagnostics import diagnose
-    from .scores import references, score_run
+def prepare(root: Path, preset, dataset: str):
+    """``dataset``'s references and data-vs-data floors (cached in ``<root>/floors/``)."""
+    from .scores import references
 
     refs = references(dataset, preset)
     floors_path = root / "floors" / f"{dataset}.json"
@@ -52,7 +52,20 @@ def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_on
     if floors is None or floors.get("n_heavy") != refs.n_heavy:
         floors = refs.floors()
         floors_path.parent.mkdir(parents=True, exist_ok=True)
-        floors_path.write_text(json.dumps(floors, indent=2))
+        tmp = floors_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(floors, indent=2))
+        tmp.replace(floors_path)
+    return refs, floors
+
+
+def study_dataset(root: Path, preset, dataset: str, fields: list[str], report_only: bool
+                  ) -> dict:
+    """Tune, retrain, score and diagnose every field on ``dataset``; what is missing (with
+    ``report_only``) is left out."""
+    from .diagnostics import diagnose
+    from .scores import score_run
+
+    refs, floors = prepare(root, preset, dataset)
     log(f"{dataset}: data-vs-data floor at n={floors['n']}: "
         + ", ".join(f"{k} {v:.4g}" for k, v in floors.items() if isinstance(v, float)))
     out = {"floors": floors, "fields": {}, "kind": refs.kind, "primary": refs.primary}
@@ -120,8 +133,14 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown field(s) {unknown}; known: {sorted(FIELDS)}")
     invocations = root / "invocations.json"
     root.mkdir(parents=True, exist_ok=True)
-    history = json.loads(invocations.read_text()) if invocations.is_file() else []
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    if args.jobs > 1 and not args.report_only:
+        from .parallel import run_jobs
+
+        run_jobs(preset, root, datasets, fields, args.jobs,
+                 lambda ds: prepare(root, preset, ds))
+        args.report_only = True     # the page from everything the units finished
+    history = json.loads(invocations.read_text()) if invocations.is_file() else []
     results = {}
     command = "python bench/new_fields.py " + (f"--preset {preset.name}")
     for ds in datasets:
@@ -131,14 +150,24 @@ def main(argv=None) -> dict:
                  "wall_seconds": time.perf_counter() - wall0}
         write_report(out, preset, results, [*history, spent], command,
                      pending=[d for d in datasets if d not in results])
-    # read again: another process (other --datasets/--fields) may have finished meanwhile
-    history = json.loads(invocations.read_text()) if invocations.is_file() else []
-    history.append({"cpu_seconds": time.process_time() - cpu0,
-                    "wall_seconds": time.perf_counter() - wall0,
-                    "report_only": bool(args.report_only),
-                    "datasets": datasets, "fields": fields})
-    tmp = invocations.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(history, indent=2))
-    tmp.replace(invocations)
+    record_invocation(invocations, {"cpu_seconds": time.process_time() - cpu0,
+                                    "wall_seconds": time.perf_counter() - wall0,
+                                    "report_only": bool(args.report_only), "jobs": args.jobs,
+                                    "unit": os.environ.get(UNIT_ENV) == "1",
+                                    "datasets": datasets, "fields": fields})
     log(f"done: {out}")
     return results
+
+
+def record_invocation(path: Path, entry: dict) -> None:
+    """Append ``entry`` to the JSON list at ``path`` under an exclusive lock (parallel units
+    finish at any time)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        history = json.loads(path.read_text()) if path.is_file() else []
+        history.append(entry)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(history, indent=2))
+        tmp.replace(path)

@@ -175,15 +175,16 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
     figs = figures(out, results)
     v = verdict(results, preset)
     cpu = sum(i["cpu_seconds"] for i in invocations)
-    wall = sum(i["wall_seconds"] for i in invocations)
+    wall = sum(i["wall_seconds"] for i in invocations if not i.get("unit"))
     cells = preset.cells
     lines = [
         "# New fields vs the classics, at equal tuning budget (issue 17)",
         "",
         f"Written by `{command}` (preset **{preset.name}**: {preset.notes}). "
-        f"CPU time of the study so far: {cpu / 60:.1f} min of one core "
-        f"(wall {wall / 60:.1f} min on a shared, loaded 2-core machine: wall times are "
-        "inflated there). Every number below comes from this command; "
+        f"CPU time of the study so far: {cpu / 60:.1f} min of one core, summed over "
+        f"{len(invocations)} invocations (their wall times add up to {wall / 60:.1f} min; "
+        "invocations that ran side by side count separately, so the elapsed time was "
+        "shorter). Every number below comes from this command; "
         "`--report-only` rewrites the page from the finished runs.",
         "",
     ]
