@@ -56,8 +56,11 @@ def test_beta_slice_runs_every_beta_and_seed(smoke):
         assert "physics.beta=2.0" in done["overrides"]
     assert ("points" == results["checkerboard"]["kind"]
             and "sw" in results["checkerboard"]["sweep"]["runs"]["1"]["0"]["cell"])
+    assert all("val_bits" in r for runs in results["digits"]["sweep"]["runs"].values()
+               for r in runs.values())
     text = out.read_text()
     assert "### checkerboard: β slice" in text and "| 2 |" in text
+    assert "β chosen on validation bits/dim" in text
     assert (out.parent / "page_beta_slice.png").is_file()
 
 

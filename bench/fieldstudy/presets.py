@@ -132,11 +132,11 @@ PRESETS = {
                                    extractor="random", n_val=12, kid_subset_size=24),
                     beta_sweep=(1.0, 2.0),
                     notes="a pipeline check (seconds), not a measurement"),
-    "small": Preset("small", ALL_DATA, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
+    "small": Preset("small", TOYS, tuple(FIELDS), trials=3, trial_steps=120, seeds=(0, 1, 2),
                     final_steps=250, n=10_000, nll_n=500, tune_nll_n=200,
                     diag_n=500,
-                    notes="sized for ~4 CPU-minutes of one core per data set, what a shared "
-                    "machine under load ~10 allowed in one hour"),
+                    notes="the toy sets only, sized for ~4 CPU-minutes of one core per data "
+                    "set"),
     "medium": Preset("medium", ALL_DATA, tuple(FIELDS), trials=6,
                      trial_steps=300, seeds=(0, 1, 2),
                      final_steps=1000, n=10_000, nll_n=1000, tune_nll_n=300,
@@ -146,6 +146,7 @@ PRESETS = {
                      "parallel processes (--datasets) on 2 cores, the runs' own CPU time 26 min"),
     "full": Preset("full", ALL_DATA, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
                    final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500, beta_sweep=BETAS,
-                   notes="~80 CPU-minutes of one core (estimated from the small preset's "
-                   "per-run costs): fits a 3-hour session on 2 cores"),
+                   notes="not run: twice the medium tuning trials, 1.5× its training steps and "
+                   "twice its likelihood points; estimated from medium's measured costs at "
+                   "about twice its CPU time, more than a 3-hour session on 2 cores"),
 }
