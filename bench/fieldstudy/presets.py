@@ -141,9 +141,12 @@ PRESETS = {
                      trial_steps=300, seeds=(0, 1, 2),
                      final_steps=1000, n=10_000, nll_n=1000, tune_nll_n=300,
                      diag_n=1000, beta_sweep=BETAS,
-                     notes="between small and full: 6 tuning trials (5 random, then TPE) per "
-                     "field; measured 2026-12-02: the three data sets in 35 min wall as two "
-                     "parallel processes (--datasets) on 2 cores, the runs' own CPU time 26 min"),
+                     notes="6 tuning trials (5 random, then TPE) per field and data set; "
+                     "measured in pieces on the 2 cores, 2026-12-02: the three toy sets 35 min "
+                     "wall as two processes, the digits leg and the β slices 98 min wall as two "
+                     "to three processes (07:50–09:28); 178 CPU-minutes in all, so about 1.5–2 "
+                     "hours with --jobs 2 (estimated from those pieces: never run from scratch "
+                     "in one invocation)"),
     "full": Preset("full", ALL_DATA, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
                    final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500, beta_sweep=BETAS,
                    notes="not run: twice the medium tuning trials, 1.5× its training steps and "
