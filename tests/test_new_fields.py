@@ -171,3 +171,12 @@ def test_jobs_runs_units_in_parallel_and_writes_the_same_page(tmp_path):
     assert "| **exppower** |" in out.read_text()
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
         f"{ds}-{f}.log" for ds in preset.datasets for f in preset.fields)
+
+
+def test_report_only_without_a_study_refuses_and_keeps_the_page(tmp_path):
+    out = tmp_path / "page.md"
+    out.write_text("a page someone made")
+    with pytest.raises(SystemExit, match="nothing to report"):
+        main(["--smoke", "--report-only", "--root", str(tmp_path / "empty"), "--out", str(out)])
+    assert out.read_text() == "a page someone made"
+    assert not (tmp_path / "empty").exists()

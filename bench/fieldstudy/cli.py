@@ -131,6 +131,11 @@ def main(argv=None) -> dict:
     unknown = [f for f in fields if f not in FIELDS]
     if unknown:
         raise SystemExit(f"unknown field(s) {unknown}; known: {sorted(FIELDS)}")
+    if args.report_only and not (root / "tune").is_dir():
+        raise SystemExit(f"--report-only: no study under {root} (no tune/ folder), so there is "
+                         f"nothing to report and {out} is left as it is. Pass --root <the "
+                         "study's folder> (the medium page's runs: wherever it was run), or run "
+                         "the study first.")
     invocations = root / "invocations.json"
     root.mkdir(parents=True, exist_ok=True)
     cpu0, wall0 = time.process_time(), time.perf_counter()
