@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .parallel import UNIT_ENV
 from .presets import FIELDS, PRESETS
-from .runs import ROOT, final_run_dir, log, train_final, tune
+from .runs import ROOT, final_run_dir, log, train_final, tune, write_json
 from .sweep import SWEEP_FIELD, family_sweep
 
 
@@ -52,9 +52,7 @@ def prepare(root: Path, preset, dataset: str):
     if floors is None or floors.get("n_heavy") != refs.n_heavy:
         floors = refs.floors()
         floors_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = floors_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(floors, indent=2))
-        tmp.replace(floors_path)
+        write_json(floors_path, floors)
     return refs, floors
 
 
@@ -173,6 +171,4 @@ def record_invocation(path: Path, entry: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         history = json.loads(path.read_text()) if path.is_file() else []
         history.append(entry)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(history, indent=2))
-        tmp.replace(path)
+        write_json(path, history)

@@ -26,6 +26,8 @@ import torch
 
 from unified_ode.parametrisation import ProbabilityFlow
 
+from .runs import write_json
+
 SIGMA_GRID = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
               200.0, 400.0)
 
@@ -82,7 +84,5 @@ def diagnose(run_dir: Path, heldout: torch.Tensor, n: int, seed: int = 7) -> dic
     out["prior_kl_nats"] = float(kl.mean())
     out["prior_kl_sem"] = float(kl.std() / math.sqrt(len(kl)))
     out["t_max"] = field.t_max
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
+    write_json(path, out)
     return out

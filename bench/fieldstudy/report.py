@@ -299,7 +299,7 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
         nf = sum(c.get("nonfinite", 0) for e in res["fields"].values()
                  for s in e.get("seeds", {}).values() for c in s["cells"].values())
         lines += [f"Non-finite samples (left out of the sample metrics): {nf}.", ""]
-    lines += slice_section(out, results, LOWER)
+    lines += slice_section(out, results)
     lines += ["## Reading the numbers (computed from the tables)", "", *reading(results, preset)]
     lines += ["## Verdict (computed)", ""]
     for label, per_ds in v["table"].items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 DONE = "done.json"
 #: seeds of the fresh toy draws (the training set is dataset.seed = 0, held-out = 1)
 VAL_SEED, TEST_SEED, REF_SEED, FLOOR_SEED = 101, 202, 303, 404
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a temporary file of this process renamed
+    into place): a reader, or a parallel unit, never sees half a file."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def log(msg: str) -> None:
@@ -79,9 +88,7 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
     run_training(cfg)
     info = {"overrides": overrides, "cpu_seconds": time.process_time() - cpu,
             "wall_seconds": time.perf_counter() - wall, "resumed": resume}
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(marker)
+    write_json(marker, info)
     return info
 
 

@@ -33,7 +33,7 @@ from unified_ode.metrics.manifold import PrecisionRecall
 from unified_ode.metrics.points import RBFMMD
 
 from .presets import DIGITS, Preset
-from .runs import FLOOR_SEED, REF_SEED, TEST_SEED, VAL_SEED, heldout_bits, log
+from .runs import FLOOR_SEED, REF_SEED, TEST_SEED, VAL_SEED, heldout_bits, log, write_json
 
 SAMPLE_SEED = 1234
 
@@ -153,6 +153,16 @@ class DigitsReferences:
                 "n_floor": len(self.floor_draw), "extractor": self.extractor.name}
 
 
+def draw(run, n: int, solver: str, steps: int) -> tuple[torch.Tensor, int, int]:
+    """``n`` samples of ``run`` from the fixed prior noise (seed ``SAMPLE_SEED``, one batch):
+    ``(finite samples float64, NFE, number of non-finite samples left out)``."""
+    res = run.sample(n, solver=solver, steps=steps, seed=SAMPLE_SEED, batch_size=n,
+                     progress=False)
+    x = res.x.double()
+    finite = torch.isfinite(x.flatten(1)).all(dim=1)
+    return x[finite], int(res.nfe), int((~finite).sum())
+
+
 def score_run(run_dir: Path, refs, preset: Preset) -> dict:
     """Scores of one final run (cached in ``<run>/scores.json``; cached sample cells scored
     otherwise than the preset asks, e.g. MMD on fewer points, are scored again, the cached
@@ -169,18 +179,13 @@ def score_run(run_dir: Path, refs, preset: Preset) -> dict:
     out = {"bits": cached["bits"] if cached else heldout_bits(run_dir, refs.test), "cells": {}}
     run = load_run(run_dir)
     for label, solver, steps in preset.cells:
-        res = run.sample(refs.n, solver=solver, steps=steps, seed=SAMPLE_SEED,
-                         batch_size=refs.n, progress=False)
-        x = res.x.double()
-        finite = torch.isfinite(x.flatten(1)).all(dim=1)
-        cell = {"solver": solver, "steps": steps, "nfe": int(res.nfe),
-                "nonfinite": int((~finite).sum()), "n_heavy": refs.n_heavy}
-        cell.update(refs.sample_metrics(x[finite]))
+        x, nfe, nonfinite = draw(run, refs.n, solver, steps)
+        cell = {"solver": solver, "steps": steps, "nfe": nfe, "nonfinite": nonfinite,
+                "n_heavy": refs.n_heavy}
+        cell.update(refs.sample_metrics(x))
         out["cells"][label] = cell
     out["cpu_seconds"] = time.process_time() - cpu + (cached or {}).get("cpu_seconds", 0.0)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(path)
+    write_json(path, out)
     c = out["cells"]
     log(f"  scored {run_dir}: bits/dim {out['bits']['mean']:.4f}, "
         + ", ".join(f"{k}: {refs.primary} {v[refs.primary]:.4f} P {v['precision']:.3f} "

@@ -18,13 +18,10 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from .presets import FIELDS, Preset
-from .runs import base_overrides, heldout_bits, log, param_overrides, train
+from .runs import base_overrides, heldout_bits, log, param_overrides, train, write_json
 
 SWEEP_FIELD = "exppower"
-SAMPLE_SEED = 1234
 
 
 def sweep_run_dir(root: Path, dataset: str, beta: float, seed: int) -> Path:
@@ -38,30 +35,23 @@ def score(run_dir: Path, refs, preset: Preset) -> dict:
         out = json.loads(path.read_text())
         if "val_bits" not in out:      # scored before the validation column existed
             out["val_bits"] = heldout_bits(run_dir, refs.val)
-            _write(path, out)
+            write_json(path, out)
         return out
     from unified_ode.api import load_run
     from unified_ode.metrics import sliced_wasserstein
+
+    from .scores import draw
 
     cpu = time.process_time()
     out = {"bits": heldout_bits(run_dir, refs.test), "val_bits": heldout_bits(run_dir, refs.val)}
     if refs.kind == "points":
         label, solver, steps = preset.cells[0]
-        res = load_run(run_dir).sample(refs.n, solver=solver, steps=steps, seed=SAMPLE_SEED,
-                                       batch_size=refs.n, progress=False)
-        x = res.x.double()
-        x = x[torch.isfinite(x).all(dim=1)]
+        x, _, nonfinite = draw(load_run(run_dir), refs.n, solver, steps)
         out["cell"] = {"label": label, "sw": sliced_wasserstein(x, refs.reference),
-                       "nonfinite": refs.n - len(x)}
+                       "nonfinite": nonfinite}
     out["cpu_seconds"] = time.process_time() - cpu
-    _write(path, out)
+    write_json(path, out)
     return out
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def family_sweep(root: Path, preset: Preset, dataset: str, refs, tuned: dict,
@@ -100,7 +90,7 @@ def slice_values(sweep: dict, beta: str, metric: str) -> list[float]:
     return vals
 
 
-def slice_section(out: Path, results: dict, lower: dict) -> list[str]:
+def slice_section(out: Path, results: dict) -> list[str]:
     """The page's section on the β slice: per data set a table (β, bits/dim and the sample
     metric, mean ± std over seeds; VE and PFGM++ D = 128 from the main table beside them), a
     computed reading (which β is best; does it beat both baselines by more than the spread),
@@ -140,13 +130,13 @@ def slice_section(out: Path, results: dict, lower: dict) -> list[str]:
                 lines.append("| " + " | ".join(row) + " |")
         done = [b for b in sw["betas"] if len(slice_values(sw, b, "bits")) > 0]
         if done:
-            lines += ["", *slice_reading(sw, fields, done, lower), ""]
+            lines += ["", *slice_reading(sw, fields, done), ""]
     lines += [f"![β slice]({out.stem}_beta_slice.png)", ""]
     _figure(out, sweeps, results)
     return lines
 
 
-def slice_reading(sw: dict, fields: dict, done: list[str], lower: dict) -> list[str]:
+def slice_reading(sw: dict, fields: dict, done: list[str]) -> list[str]:
     """Computed sentences: the β chosen on *validation* bits/dim (a fair pick: the test
     points play no part in it) and how its test bits/dim compares with the baselines; the
     lowest test value on the slice (a post-hoc pick, for orientation only); which β beat the
@@ -158,7 +148,7 @@ def slice_reading(sw: dict, fields: dict, done: list[str], lower: dict) -> list[
     def versus(beta: str) -> str:
         vals = slice_values(sw, beta, "bits")
         parts = [f"{b} " + ("beaten" if beats(vals, seed_values(fields[b], None, "bits"),
-                                                 lower["bits"]) else "not beaten")
+                                                 True) else "not beaten")
                  for b in BASELINES if fields.get(b, {}).get("seeds")]
         return "; ".join(parts) + " by more than the seed spread" if parts else ""
 
