@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -216,6 +218,43 @@ def test_pool_hands_each_item_to_exactly_one_worker(tmp_path, monkeypatch):
     assert len({pid for _, pid in calls}) == 2 and str(os.getpid()) not in {p for _, p in calls}
     threads = {p.read_text() for p in tmp_path.iterdir()}
     assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+SPLICE_SCRIPT = """
+import multiprocessing, sys
+from bench.study.util import log
+
+def write(tag, start):
+    start.wait()  # both processes write at the same time
+    for i in range(2000):
+        log(f"[train] {tag}/{i}: " + "x" * 200)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=write, args=(t, start)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+"""
+
+
+def test_log_lines_of_two_workers_never_splice(tmp_path):
+    """Two spawned processes logging at once into one unbuffered pipe (as the pool's workers
+    do under run_script): every line arrives whole, on its own line (``print`` wrote the text
+    and the newline separately, and CI once saw one run's ``[train]`` line glued to
+    another's)."""
+    script = tmp_path / "splice.py"
+    script.write_text(SPLICE_SCRIPT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(CONF.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=300, check=True)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4000
+    bad = [ln for ln in lines if not re.fullmatch(r"\[train\] [ab]/\d+: x{200}", ln)]
+    assert not bad, bad[:3]
 
 
 def test_field_styles_and_axis_cap():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,11 @@ STUDY_CONFIG = CONF / "case_study.yaml"
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """Prints ``msg`` as one line in one write: worker processes share stdout unbuffered,
+    where ``print`` writes the text and its newline separately and two workers' lines could
+    splice into one."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
