@@ -142,14 +142,13 @@ PRESETS = {
                      final_steps=1000, n=10_000, nll_n=1000, tune_nll_n=300,
                      diag_n=1000, beta_sweep=BETAS,
                      notes="6 tuning trials (5 random, then TPE) per field and data set; "
-                     "measured in pieces on the 2 cores, 2026-12-02: the three toy sets 35 min "
-                     "wall as two processes, the digits leg and the β slices 98 min wall as two "
-                     "to three processes (07:50–09:28); 178 CPU-minutes in all, so about 1.5–2 "
-                     "hours with --jobs 2 (estimated from those pieces: never run from scratch "
-                     "in one invocation)"),
+                     "measured from scratch in one invocation on the 2 cores, 2026-12-02: "
+                     "`--jobs 2` took 83 min wall (10:25–11:47; the machine otherwise idle but "
+                     "for one 20-second profile) and 163 CPU-minutes (126 user, 36 system)"),
     "full": Preset("full", ALL_DATA, tuple(FIELDS), trials=12, trial_steps=400, seeds=(0, 1, 2),
                    final_steps=1500, n=10_000, nll_n=2000, tune_nll_n=500, beta_sweep=BETAS,
                    notes="not run: twice the medium tuning trials, 1.5× its training steps and "
-                   "twice its likelihood points; estimated from medium's measured costs at "
-                   "about twice its CPU time, more than a 3-hour session on 2 cores"),
+                   "twice its likelihood points; estimated from medium's measured 163 "
+                   "CPU-minutes at about twice that (~5.5 CPU-hours, ~3 hours wall with "
+                   "--jobs 2), too close to a 3-hour session on 2 cores to fit one"),
 }
