@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("new_fields")
     out = root / "page.md"
-    results = main(["--smoke", "--root", str(root), "--out", str(out)])
+    results = main(["--smoke", "--jobs", "1", "--root", str(root), "--out", str(out)])
     return root, out, results
 
 
@@ -86,7 +86,7 @@ def test_stale_cells_are_rescored_and_bits_kept(smoke):
     scores["cells"]["nfe10"]["sw"] = -1.0
     scores["bits"]["mean"] = 123.0          # a marker: recomputing it would overwrite this
     path.write_text(json.dumps(scores))
-    main(["--smoke", "--root", str(root), "--out", str(out)])
+    main(["--smoke", "--jobs", "1", "--root", str(root), "--out", str(out)])
     again = json.loads(path.read_text())
     assert again["cells"]["nfe10"]["n_heavy"] == PRESETS["smoke"].n_heavy
     assert again["cells"]["nfe10"]["sw"] > 0
@@ -97,14 +97,14 @@ def test_rerun_reuses_and_changed_run_is_refused(smoke):
     root, out, _ = smoke
     marker = root / "final" / "checkerboard" / "ve" / "seed0" / "done.json"
     before = marker.stat().st_mtime_ns
-    main(["--smoke", "--root", str(root), "--out", str(out)])
+    main(["--smoke", "--jobs", "1", "--root", str(root), "--out", str(out)])
     assert marker.stat().st_mtime_ns == before
     info = json.loads(marker.read_text())
     info["overrides"] = [*info["overrides"], "optim.lr=0.5"]
     marker.write_text(json.dumps(info))
     (marker.parent / "scores.json").unlink()
     with pytest.raises(SystemExit, match="other overrides"):
-        main(["--smoke", "--root", str(root), "--out", str(out)])
+        main(["--smoke", "--jobs", "1", "--root", str(root), "--out", str(out)])
 
 
 def test_digits_leg_floor_and_cells(smoke):

@@ -32,8 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--fields", type=lambda s: [x for x in s.split(",") if x])
     p.add_argument("--report-only", action="store_true", help="no training: rewrite the page "
                    "from the finished runs")
-    p.add_argument("--jobs", type=int, default=1, help="run the (data set, field) units as "
-                   "this many parallel processes, then write the page (2 on a 2-core machine)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="run the (data set, field) units as this many parallel processes, "
+                   "one thread each, then write the page (default: this machine's cores, "
+                   "%(default)s here; 1: everything in this process)")
     args = p.parse_args(argv)
     if args.full:
         args.preset = "full"

@@ -38,7 +38,7 @@ def run_unit(preset: Preset, root: Path, dataset: str, field: str) -> tuple[str,
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{dataset}-{field}.log"
     cmd = [sys.executable, str(ENTRY), "--preset", preset.name, "--root", str(root),
-           "--datasets", dataset, "--fields", field,
+           "--datasets", dataset, "--fields", field, "--jobs", "1",
            "--out", str(root / "units" / f"{dataset}-{field}.md")]
     log(f"start {dataset}/{field} (log: {log_path})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", UNIT_ENV: "1"}
