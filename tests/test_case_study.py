@@ -221,7 +221,7 @@ def test_pool_hands_each_item_to_exactly_one_worker(tmp_path, monkeypatch):
 
 
 SPLICE_SCRIPT = """
-import multiprocessing, sys
+import multiprocessing
 from bench.study.util import log
 
 def write(tag, start):
