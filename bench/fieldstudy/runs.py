@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.study.util import log as line
+
 from .presets import DIGITS, FieldSpec, Preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,9 @@ def write_json(path: Path, data) -> None:
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """``msg`` with the time, as one line in one write (``--jobs`` logs from several threads;
+    see :func:`bench.study.util.log`)."""
+    line(f"[{time.strftime('%H:%M:%S')}] {msg}")
 
 
 def base_overrides(preset: Preset, dataset: str, spec: FieldSpec, steps: int,
