@@ -83,6 +83,31 @@ def test_inception_score_needs_logits():
     assert switched_off.inception is None and switched_off.is_disabled_reason is None
 
 
+def test_kid_depends_only_on_the_features_and_leaves_the_global_rng_alone():
+    """torchmetrics draws KID's subsets from torch's global RNG; ours come from a fixed seed
+    (global state restored), so the same features give the same KID whatever ran before."""
+    from unified_ode.metrics.images import ImageMetrics
+
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(60, 16, generator=g), torch.randn(60, 16, generator=g) + 0.3
+
+    def kid(global_seed: int, kid_seed: int = 0) -> tuple[float, torch.Tensor]:
+        metrics = ImageMetrics(PixelFeatures(), kid_subset_size=10, kid_subsets=20,
+                               kid_seed=kid_seed)
+        metrics.set_reference(real)
+        metrics.update(torch.zeros(60, 1, 1, 1), features=fake)
+        torch.manual_seed(global_seed)
+        value = metrics.compute()["kid"]
+        return value, torch.rand(3)  # the global stream right after compute()
+
+    first, after = kid(0)
+    second, _ = kid(1)
+    assert first == second  # subsets of 10 of 60: any other draw gives another value
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))  # compute() consumed nothing of the global RNG
+    assert kid(0, kid_seed=1)[0] != first
+
+
 def test_missing_inception_weights_are_clear_errors(tmp_path, monkeypatch):
     from unified_ode.data import DigitsDataModule
     from unified_ode.metrics import features

@@ -89,13 +89,18 @@ class ImageMetrics(nn.Module):
     extractor: see :mod:`unified_ode.metrics.features`.
     kid_subset_size: KID subset size (clipped to the number of samples at compute time).
     kid_subsets: number of KID subsets.
+    kid_seed: seed of the KID subsets' draws (torchmetrics draws them from torch's global RNG;
+        here from this seed, with the global RNG saved and restored around it), so a KID depends
+        only on the two feature sets, not on what ran before it in the process; every rank
+        under DDP draws the same subsets.
     inception_score: compute IS (only possible when ``extractor.has_logits``).
     sync: under DDP, ``compute()`` combines every rank's states (torchmetrics' sync); false:
         this process's states only (for features already gathered from every rank).
     """
 
     def __init__(self, extractor: nn.Module, kid_subset_size: int = 1000,
-                 kid_subsets: int = 100, inception_score: bool = True, sync: bool = True):
+                 kid_subsets: int = 100, inception_score: bool = True, sync: bool = True,
+                 kid_seed: int = 0):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.inception import InceptionScore
@@ -103,6 +108,7 @@ class ImageMetrics(nn.Module):
 
         self.extractor = extractor
         self.kid_subset_size = int(kid_subset_size)
+        self.kid_seed = int(kid_seed)
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         self.sync = bool(sync)
         self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False,
@@ -166,7 +172,9 @@ class ImageMetrics(nn.Module):
             n_real = int(self.kid.real_features[0].shape[0]) if self.kid.real_features else 0
             world = _world_size() if self.sync else 1
             self.kid.subset_size = max(2, min(self.kid_subset_size, n_fake, n_real * world))
-            kid_mean, kid_std = self.kid.compute()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.kid_seed)
+                kid_mean, kid_std = self.kid.compute()
             out.update(kid=float(kid_mean), kid_std=float(kid_std))
             if self.inception is not None:
                 is_mean, is_std = self.inception.compute()
