@@ -16,8 +16,9 @@ is set here, the app sets its own threads from ``threads=``), then prints
   points. PFGM's heavy-tailed prior sends a few starting points so far out that they never
   come back, and one such point sets the whole distance (sw ≈ 1 instead of ≈ 0.08), so the
   single-seed figure of the metrics callback is a draw from a wide, heavy-tailed spread
-  (measured over 30 seeds of one default-run checkpoint: median 0.094, 25 of 30 below 0.2,
-  max 6.1); the median is the figure to compare.
+  (measured over 30 seeds of one default-run checkpoint, 2026-12-02: median 0.109, 20 of 30
+  below 0.2, max 1.52; the previous default, 3000 steps of batch 512: median 0.136, 19 of 30,
+  max 1.51); the median is the figure to compare.
 
 A benchmark, not a test: the figures depend on the machine and its load. The README's
 "Two commands" section quotes them from an idle machine.

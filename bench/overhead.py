@@ -23,7 +23,10 @@ Times are CPU seconds of this process (``time.process_time``), with one torch th
 default (``--threads``): on a shared machine, other processes' load changes wall-clock times
 far more than CPU times. The two sides alternate for ``--rounds`` rounds (which one goes first
 alternates too) and the table shows medians; the ratio is ours / bare (1.00 = no overhead),
-next to the range of the rounds' paired ratios, which says how far the noise reaches.
+next to the range of the rounds' paired ratios, which says how far the noise reaches, and a
+95 % bootstrap interval of the training-step ratio (rounds resampled with replacement): CPU
+time per step moves by up to ±10 % from one ``Trainer.fit`` to the next on this 2-core VM, so
+a ratio within a few per cent of 1 needs many rounds (``--rounds 12`` or more).
 Targets (issue 15): ≤ 1.02 for training steps, ≤ 1.05 for sampling.
 
 ``--variants``: the training step only, bare loop against four Lightning set-ups of the same
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import sys
 import time
@@ -47,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SETUPS = {
-    "toy2d": [],  # the default run: MLP on the checkerboard, batch 512
+    "toy2d": [],  # the default run: MLP on the checkerboard, batch 4096
     "digits": ["experiment=digits_poisson"],  # unet_small on 8x8 digits, batch 64
     # a near-empty step (width-8 MLP, batch 8): ours minus bare is the loop's fixed cost
     "loop": ["network.width=8", "network.depth=1", "network.time_embed_dim=8",
@@ -252,6 +256,7 @@ def measure(name: str, overrides: list[str], steps: int, warmup: int, rounds: in
             "train_ours_ms": 1e3 * med(ours_t), "train_bare_ms": 1e3 * med(bare_t),
             "sample_ours_s": med(ours_s), "sample_bare_s": med(bare_s), "nfe": res.nfe,
             "train_ratios": [o / b for o, b in zip(ours_t, bare_t)],
+            "train_ours_rounds": ours_t, "train_bare_rounds": bare_t,
             "sample_ratios": [o / b for o, b in zip(ours_s, bare_s)],
             "n_samples": n_samples}
 
@@ -321,8 +326,9 @@ def main(argv=None) -> list[dict]:
 def table(rows: list[dict]) -> list[str]:
     """The markdown table of :func:`measure`'s rows (also used by bench/case_study.py)."""
     lines = ["| setup | params | batch | train step: ours / bare (CPU ms) | ratio | "
-             "per-round ratios | sampling: ours / bare (CPU s) | ratio | per-round ratios |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "per-round ratios | 95 % interval | sampling: ours / bare (CPU s) | ratio | "
+             "per-round ratios |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = r["train_ours_ms"] / r["train_bare_ms"]
         sr = r["sample_ours_s"] / r["sample_bare_s"]
@@ -330,12 +336,25 @@ def table(rows: list[dict]) -> list[str]:
             f"| {r['setup']} (`{r['overrides']}`) | {r['params']:,} | {r['batch']} | "
             f"{r['train_ours_ms']:.2f} / {r['train_bare_ms']:.2f} | {tr:.3f}"
             f"{'' if tr <= TRAIN_TARGET else f' (target ≤ {TRAIN_TARGET} missed)'} | "
-            f"{spread(r['train_ratios'])} | "
+            f"{spread(r['train_ratios'])} | {interval(r)} | "
             f"{r['sample_ours_s']:.3f} / {r['sample_bare_s']:.3f} "
             f"({r['n_samples']} samples, NFE {r['nfe']}) | {sr:.3f}"
             f"{'' if sr <= SAMPLE_TARGET else f' (target ≤ {SAMPLE_TARGET} missed)'} | "
             f"{spread(r['sample_ratios'])} |")
     return lines
+
+
+def interval(row: dict, resamples: int = 2000, seed: int = 0) -> str:
+    """A 95 % bootstrap interval of the training-step ratio (median of ours / median of bare):
+    the rounds' paired times resampled with replacement; "–" without the per-round times."""
+    ours, bare = row.get("train_ours_rounds"), row.get("train_bare_rounds")
+    if not ours or len(ours) < 2:
+        return "–"
+    rng = random.Random(seed)
+    med, n = statistics.median, len(ours)
+    stats = sorted(med([ours[i] for i in pick]) / med([bare[i] for i in pick])
+                   for pick in ([rng.randrange(n) for _ in range(n)] for _ in range(resamples)))
+    return f"{stats[int(0.025 * resamples)]:.3f}–{stats[int(0.975 * resamples) - 1]:.3f}"
 
 
 def spread(ratios: list[float]) -> str:

@@ -95,3 +95,40 @@ def test_api_errors_say_what_to_do(tiny_run, tmp_path):
         run.sample(10, solver="heun", step=3)
     with pytest.raises(UserError, match=r"x has shape \(3, 5\); this run's data are \(B, 2\)"):
         run.log_likelihood(torch.zeros(3, 5))
+
+
+def test_module_setattr_fast_path_stores_exactly_what_nn_module_stores():
+    """GenerativeODE's plain-value fast path (Lightning's per-hook name bookkeeping) leaves
+    every attribute where nn.Module.__setattr__ puts it and raises where it raises."""
+    from unified_ode.lit.module import GenerativeODE
+    from unified_ode.networks import MLP
+    from unified_ode.physics import VEField
+    from unified_ode.solvers import Euler
+
+    def fresh(cls):
+        torch.manual_seed(0)
+        return cls(VEField(), MLP((2,), width=8, depth=1, time_embed_dim=8), None, Euler(steps=2),
+                   (2,))
+
+    class Reference(GenerativeODE):  # the same module with nn.Module's own __setattr__
+        __setattr__ = torch.nn.Module.__setattr__
+
+    assignments = [("note", "a"), ("note", None), ("note", 3), ("flag", True),
+                   ("compile", False), ("lr_warmup_steps", 7), ("extra", torch.zeros(2)),
+                   ("head", torch.nn.Linear(2, 2)), ("scale", torch.nn.Parameter(torch.ones(1))),
+                   ("scale", None), ("model", "not a module"), ("head", 1.5),
+                   ("automatic_optimization", False)]
+
+    def outcome(module, name, value):
+        try:
+            setattr(module, name, value)
+        except Exception as err:  # noqa: BLE001 - the type is what is compared
+            return type(err).__name__
+        where = [k for k in ("_parameters", "_buffers", "_modules") if name in getattr(module, k)]
+        return where, name in module.__dict__, repr(getattr(module, name))[:40]
+
+    ours, ref = fresh(GenerativeODE), fresh(Reference)
+    for name, value in assignments:
+        assert outcome(ours, name, value) == outcome(ref, name, value), name
+    assert ours.automatic_optimization is False and ours.note == 3
+    assert "model" in ours._modules and isinstance(ours.head, torch.nn.Linear)

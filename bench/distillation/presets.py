@@ -22,7 +22,8 @@ def presets(args) -> dict:
     ``consistency``."""
     toy = {
         "teacher": ["dataset.n_train=20000", "network.width=128", "network.depth=3",
-                    "dataset.batch_size=256", f"trainer.max_steps={args.teacher_steps}",
+                    "dataset.batch_size=256", "optim.lr=3e-3",
+                    f"trainer.max_steps={args.teacher_steps}",
                     "callbacks.checkpoint.every_n_train_steps=500"],
         "student": [f"trainer.max_steps={args.student_steps}", "optim.lr=1e-3",
                     "lr_warmup_steps=50"],

@@ -200,8 +200,8 @@ def write_report(out: Path, preset: Preset, results: dict, invocations: list, co
         f"* Toy data: 2-D sets {', '.join(toys) or '—'} (standardised; training set: "
         "50,000 points, seed 0). Validation, test, reference and floor points are fresh "
         "draws of the true law (other seeds). Network: "
-        f"{' '.join(preset.network)}; Adam, batch 512, gradient clip 1 (train.py's "
-        f"defaults; preset overrides: {' '.join(preset.extra) or 'none'}).",
+        f"{' '.join(preset.network)}; Adam, gradient clip 1 (train.py's defaults); preset "
+        f"overrides: {' '.join(preset.extra) or 'none'}.",
     ]
     if images:
         lines.append(
