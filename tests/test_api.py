@@ -57,7 +57,10 @@ def test_run_example_runs_on_a_trained_run(tiny_run, capsys):
     out = capsys.readouterr().out
     assert "torch.Size([1000, 2]) NFE 35" in out  # Heun, 18 steps
     assert re.search(r"bits/dim -?\d+\.\d+ NFE \d+", out)
-    assert "ve 0.003 torch.Size([4, 2])" in out  # field name, the default lr, D(x, t)
+    from omegaconf import OmegaConf
+
+    default_lr = OmegaConf.load(ROOT / "conf" / "train.yaml").optim.lr
+    assert f"ve {default_lr} torch.Size([4, 2])" in out  # field name, the default lr, D(x, t)
 
 
 @pytest.mark.slow
