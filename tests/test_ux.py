@@ -191,6 +191,17 @@ def test_toy_loader_fetches_whole_batches_of_training_rows():
     assert all(b[0].shape == (64, 2) for b in ddp) and len(ddp) == 500 // 64
 
 
+def test_toy_set_smaller_than_a_batch_is_one_batch_not_an_empty_epoch():
+    """With drop_last, 100 points in batches of 4096 would give epochs without a batch, and
+    a max_steps run would never end: the set becomes one batch of all its points."""
+    from unified_ode.data.toy2d import Toy2DDataModule
+
+    (batch,) = [b[0] for b in Toy2DDataModule(n_train=100, batch_size=4096).train_dataloader()]
+    assert batch.shape == (100, 2)
+    exact = Toy2DDataModule(n_train=128, batch_size=64).train_dataloader()
+    assert len(exact) == 2
+
+
 # --- the Gamma sampler ----------------------------------------------------------------------
 
 

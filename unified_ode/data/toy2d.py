@@ -214,10 +214,13 @@ class Toy2DDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         """Batches of points ``[(B, 2)]``, or ``[(B, 2), (B,)]`` with the labels when
-        ``conditional``."""
+        ``conditional``. Full batches only (the last partial one is dropped), except that a
+        training set smaller than one batch is one batch of all its points (as the image
+        data modules do), never an epoch without a batch."""
         tensors = (self.train_tensor(),) + ((self.train_labels(),) if self.conditional else ())
         return DataLoader(BatchedTensorDataset(*tensors), batch_size=self.batch_size,
-                          shuffle=True, drop_last=True, collate_fn=stack_rows, num_workers=0)
+                          shuffle=True, drop_last=self.n_train >= self.batch_size,
+                          collate_fn=stack_rows, num_workers=0)
 
     def val_dataloader(self):
         """The model's validation data (prior draws for the sample metrics, see
