@@ -191,9 +191,11 @@ def test_couplings_refuse_fields_and_objectives_they_cannot_pair():
 
 
 @pytest.mark.slow
-def test_coupling_independent_retrains_the_old_run_bit_for_bit(tmp_path: Path):
+def test_coupling_independent_retrains_the_old_run_to_float_rounding(tmp_path: Path):
     """The linear fixture run (written by the code before couplings existed) retrained now with
-    coupling=independent and the same overrides has bit-identical weights."""
+    coupling=independent and the same overrides has the same weights: bit for bit on the CPU
+    that wrote the fixture; on another CPU's float32 kernels (an AVX-512 EPYC) 17 of 1,382
+    weights differ by <= 7.5e-9, while a 5 % change of the learning rate moves them by 1e-5."""
     from unified_ode.app.runs import load_run_config, read_checkpoint
 
     _, overrides = load_run_config(FIXTURES / "linear")
@@ -205,7 +207,7 @@ def test_coupling_independent_retrains_the_old_run_bit_for_bit(tmp_path: Path):
     new = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert old.keys() == new.keys()
     for key in old:
-        assert torch.equal(old[key], new[key]), key
+        torch.testing.assert_close(new[key], old[key], rtol=0, atol=1e-7, msg=key)
     shutil.rmtree(run)
 
 
